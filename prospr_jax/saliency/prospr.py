@@ -1,0 +1,147 @@
+"""ProsPr (Alizadeh et al., ICLR 2022): saliency from a meta-gradient through k training steps.
+
+With a multiplicative mask `c` on the params, `θ0 = c ⊙ θinit`; `k` optax updates on batches
+`D0..D(k-1)` give `θk(c)`; the saliency is `|∂L(θk(c); Dk) / ∂c|` at `c = 1`. All params
+(biases, BatchNorm affine) are updated by the inner optimizer; model state (BatchNorm
+statistics) is threaded through the inner steps and discarded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import optax
+
+from prospr_jax import masks as masks_lib
+from prospr_jax.saliency import objective
+from prospr_jax.saliency.objective import PyTree, StatefulLossFn
+
+DEFAULT_INNER_OPTIMIZER = optax.sgd(0.1)
+"""The inner optimizer of the authors' code: plain SGD, learning rate 0.1."""
+
+
+def _inner_step(
+    loss_fn: StatefulLossFn,
+    optimizer: optax.GradientTransformation,
+    first_order: bool,
+    params: PyTree,
+    opt_state: PyTree,
+    state: PyTree,
+    batch: PyTree,
+) -> tuple[PyTree, PyTree, PyTree]:
+  """One optax update of `params` on `batch`; returns (params, opt_state, state)."""
+  grads, state = jax.grad(loss_fn, has_aux=True)(params, state, batch)
+  updates, opt_state = optimizer.update(grads, opt_state, params)
+  if first_order:
+    updates = jax.lax.stop_gradient(updates)
+  return optax.apply_updates(params, updates), opt_state, state
+
+
+def k_step_loss(
+    c: PyTree,
+    params: PyTree,
+    state: PyTree,
+    batches: Sequence[PyTree],
+    *,
+    loss_fn: StatefulLossFn,
+    optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    first_order: bool = False,
+    remat: bool = False,
+) -> jax.Array:
+  """`L(θk(c); D_k)`: the loss after `k = len(batches) - 1` optax steps from `c ⊙ params`.
+
+  Args:
+    c: mask pytree (params' structure; leaves broadcast to the params).
+    params: initial params `θinit`.
+    state: model state threaded through the steps (`{}` if none).
+    batches: `k + 1` batches: one per inner step, the last for the outer loss.
+    loss_fn: `loss_fn(params, state, batch) -> (loss, new_state)`.
+    optimizer: any optax transformation (SGD, momentum, Adam, ...).
+    first_order: stop gradients through the inner updates (`∂θk/∂c = θinit`).
+    remat: `jax.checkpoint` each inner step, so the backward pass stores only each step's
+      params and optimizer state instead of its activations.
+
+  The Python loop is unrolled at trace time (k is static): a rolled `lax.scan` around
+  convolutions is about 10x slower on XLA:CPU.
+  """
+  step = functools.partial(_inner_step, loss_fn, optimizer, first_order)
+  if remat:
+    step = jax.checkpoint(step)
+  theta = objective.masked(params, c)
+  opt_state = optimizer.init(theta)
+  for batch in batches[:-1]:
+    theta, opt_state, state = step(theta, opt_state, state, batch)
+  return loss_fn(theta, state, batches[-1])[0]
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "first_order", "remat"))
+def meta_gradient(
+    c: PyTree,
+    params: PyTree,
+    state: PyTree,
+    batches: Sequence[PyTree],
+    *,
+    loss_fn: StatefulLossFn,
+    optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    first_order: bool = False,
+    remat: bool = False,
+) -> PyTree:
+  """Jitted `∂ k_step_loss / ∂c` (signed, same shapes as `c`). Compiles once per static setup."""
+  return jax.grad(k_step_loss)(
+      c, params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
+      first_order=first_order, remat=remat,
+  )
+
+
+def prospr_scores(
+    loss_fn,
+    params: PyTree,
+    batches: PyTree | Sequence[PyTree],
+    *,
+    state: PyTree | None = None,
+    num_steps: int = 3,
+    optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
+    first_order: bool = False,
+    remat: bool = False,
+    structured: bool = False,
+    filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
+) -> PyTree:
+  """ProsPr saliency `|∂L(θk(c); Dk)/∂c|` at `c = 1`, a pytree like `params`.
+
+  Args:
+    loss_fn: `loss_fn(params, batch) -> loss`, or with `state`,
+      `loss_fn(params, state, batch) -> (loss, new_state)`.
+    params: initial params.
+    batches: `num_steps + 1` batches (inner steps, then the outer loss), or a single batch
+      that is reused for every step.
+    state: model state such as `{'batch_stats': ...}`; never modified.
+    num_steps: number of inner optimizer steps `k` (0 gives SNIP).
+    optimizer: the inner optax optimizer (default SGD with learning rate 0.1).
+    first_order: treat the inner updates as constants (first-order ProsPr).
+    remat: checkpoint each inner step to bound memory as `k` grows.
+    structured: score one mask entry per output channel of each prunable leaf (shape
+      `(1, ..., 1, out)`); use a `filter_fn` that excludes the classifier.
+    filter_fn: prunable leaves (only they get per-channel masks when `structured`).
+
+  Returns:
+    Non-negative scores; prunable leaves have the mask's shape, other leaves their param's.
+  """
+  if num_steps < 0:
+    raise ValueError(f"num_steps={num_steps} must be >= 0.")
+  batches = objective.as_batch_list(batches)
+  if len(batches) == 1:
+    batches = batches * (num_steps + 1)
+  elif len(batches) != num_steps + 1:
+    raise ValueError(
+        f"ProsPr with num_steps={num_steps} needs {num_steps + 1} batches (one per inner step "
+        f"and one for the outer loss) or a single batch to reuse; got {len(batches)}."
+    )
+  loss_fn, state = objective.with_state(loss_fn, state)
+  c = masks_lib.ones_masks(params, filter_fn, structured=structured)
+  grads = meta_gradient(
+      c, params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
+      first_order=first_order, remat=remat,
+  )
+  return jax.tree.map(abs, grads)
