@@ -190,7 +190,7 @@ def masks_from_scores(
       (flattened, in tree order), so the result is deterministic.
     min_kept_per_layer: `None` raises `LayerCollapseError` if a prunable layer would keep no
       entry; an int `m` first reserves each layer's top-`m` entries, then fills the rest of the
-      (unchanged) global budget by score.
+      (unchanged) global budget by score (`0` allows layers to collapse).
     eligible: optional bool pytree like `scores`; entries that are False are never kept
       (used by iterative pruning so that pruned weights stay pruned).
 

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models and batches, and float64 mode for exact-math checks."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with 64-bit floats enabled (finite differences need them)."""
+  with jax.enable_x64(True):
+    yield
+
+
+def mlp_apply(params, x):
+  """Two-layer tanh MLP used by several tests: x [B, D] -> logits [B, C]."""
+  h = jnp.tanh(x @ params["l1"]["kernel"] + params["l1"]["bias"])
+  return h @ params["l2"]["kernel"] + params["l2"]["bias"]
+
+
+def mlp_loss(params, batch):
+  """Plain `loss_fn(params, batch)`: mean cross-entropy of `mlp_apply`."""
+  logits = mlp_apply(params, batch["image"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+
+def mlp_params(key, dims=(6, 5, 3), dtype=jnp.float32):
+  k1, k2, k3 = jax.random.split(key, 3)
+  return {
+      "l1": {"kernel": jax.random.normal(k1, dims[:2], dtype) / dims[0] ** 0.5,
+             "bias": 0.1 * jax.random.normal(k3, (dims[1],), dtype)},
+      "l2": {"kernel": jax.random.normal(k2, dims[1:], dtype) / dims[1] ** 0.5,
+             "bias": jnp.zeros((dims[2],), dtype)},
+  }
+
+
+def make_batches(key, n, batch_size=8, shape=(6,), num_classes=3, dtype=jnp.float32):
+  """`n` random classification batches `{'image': [B, *shape], 'label': [B]}`."""
+  keys = jax.random.split(key, n)
+  return [
+      {"image": jax.random.normal(k, (batch_size, *shape), dtype),
+       "label": jax.random.randint(jax.random.fold_in(k, 1), (batch_size,), 0, num_classes)}
+      for k in keys
+  ]
+
+
+class TinyBNCNN(nn.Module):
+  """conv3x3(4) -> BatchNorm -> ReLU -> conv3x3(4) -> mean pool -> dense `head`."""
+
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = nn.Conv(4, (3, 3), use_bias=False)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))

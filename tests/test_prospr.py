@@ -1,0 +1,167 @@
+"""ProsPr meta-gradients checked against finite differences, closed forms and SNIP."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
+from prospr_jax import masks as masks_lib
+from prospr_jax.adapters import LinenLoss
+from prospr_jax.saliency import objective, prospr, snip
+
+OPTIMIZERS = {
+    "sgd": optax.sgd(0.1),
+    "momentum": optax.sgd(0.1, momentum=0.9),
+    # eps_root keeps d sqrt(v)/dv finite where a gradient is exactly zero (optax's advice
+    # for meta-gradients through Adam).
+    "adam": optax.adam(0.05, eps_root=1e-12),
+}
+
+
+def _central_differences(f, c, num_entries, key, eps=1e-6):
+  """Central differences of scalar `f(c)` along `num_entries` random coordinates of `c`."""
+  flat, unravel = jax.flatten_util.ravel_pytree(c)
+  idx = np.asarray(jax.random.choice(key, flat.size, (num_entries,), replace=False))
+  out = []
+  for i in idx:
+    e = jnp.zeros_like(flat).at[i].set(eps)
+    out.append((f(unravel(flat + e)) - f(unravel(flat - e))) / (2 * eps))
+  return idx, np.asarray(out)
+
+
+def _check_against_fd(loss_fn, params, state, batches, optimizer, key):
+  c = masks_lib.ones_masks(params)
+  f = functools.partial(
+      prospr.k_step_loss, params=params, state=state, batches=batches, loss_fn=loss_fn,
+      optimizer=optimizer,
+  )
+  grad = prospr.meta_gradient(c, params, state, batches, loss_fn=loss_fn, optimizer=optimizer)
+  flat_grad = jax.flatten_util.ravel_pytree(grad)[0]
+  idx, fd = _central_differences(f, c, 12, key)
+  np.testing.assert_allclose(flat_grad[idx], fd, rtol=1e-5, atol=1e-9)
+  return grad
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_meta_gradient_matches_finite_differences_mlp(x64, opt_name):
+  key = jax.random.PRNGKey(0)
+  params = mlp_params(key, dtype=jnp.float64)
+  batches = make_batches(jax.random.PRNGKey(1), 4, dtype=jnp.float64)
+  loss_fn, state = objective.with_state(mlp_loss, None)
+  _check_against_fd(loss_fn, params, state, batches, OPTIMIZERS[opt_name], key)
+
+
+@pytest.mark.parametrize("opt_name", sorted(OPTIMIZERS))
+def test_meta_gradient_matches_finite_differences_bn_cnn(x64, opt_name):
+  model = TinyBNCNN()
+  batches = make_batches(jax.random.PRNGKey(2), 3, batch_size=4, shape=(6, 6, 2),
+                         dtype=jnp.float64)
+  variables = model.init(jax.random.PRNGKey(3), batches[0]["image"], train=False)
+  variables = jax.tree.map(lambda v: v.astype(jnp.float64), variables)
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  before = jax.tree.map(np.asarray, state)
+  _check_against_fd(LinenLoss(model), params, state, batches, OPTIMIZERS[opt_name],
+                    jax.random.PRNGKey(4))
+  # The caller's BatchNorm statistics are untouched.
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state))
+
+
+def test_meta_gradient_equals_closed_form_linear_regression(x64):
+  """L(w; X, y) = |Xw - y|^2 / 2n, SGD with rate lr: w_k = M (c * w0) + const with
+  M = prod_i (I - lr A_i), A_i = X_i^T X_i / n, so dL/dc = w0 * M^T (A_k w_k - X_k^T y_k / n)."""
+  rng = np.random.default_rng(0)
+  d, n, k, lr = 5, 7, 3, 0.05
+  w0 = rng.normal(size=(d, 1))
+  data = [(rng.normal(size=(n, d)), rng.normal(size=(n, 1))) for _ in range(k + 1)]
+  batches = [{"x": jnp.asarray(x), "y": jnp.asarray(y)} for x, y in data]
+
+  def loss(params, batch):
+    r = batch["x"] @ params["w"] - batch["y"]
+    return 0.5 * jnp.mean(r**2)
+
+  grad = prospr.meta_gradient(
+      masks_lib.ones_masks({"w": jnp.asarray(w0)}), {"w": jnp.asarray(w0)}, {}, batches,
+      loss_fn=objective.with_state(loss, None)[0], optimizer=optax.sgd(lr),
+  )["w"]
+
+  w, m = w0.copy(), np.eye(d)
+  for x, y in data[:k]:
+    a = x.T @ x / n
+    w = w - lr * (a @ w - x.T @ y / n)
+    m = (np.eye(d) - lr * a) @ m
+  xk, yk = data[k]
+  expected = w0 * (m.T @ (xk.T @ xk / n @ w - xk.T @ yk / n))
+  np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-10)
+
+
+def test_zero_steps_equals_snip():
+  params = mlp_params(jax.random.PRNGKey(0))
+  (batch,) = make_batches(jax.random.PRNGKey(1), 1)
+  got = prospr.prospr_scores(mlp_loss, params, [batch], num_steps=0)
+  expected = snip.snip_scores(mlp_loss, params, batch)
+  # SNIP is computed independently as |θ ⊙ ∇θL|.
+  manual = jax.tree.map(lambda p, g: jnp.abs(p * g), params, jax.grad(mlp_loss)(params, batch))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, expected)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), got, manual)
+
+
+def test_first_order_equals_init_times_gradient_at_theta_k():
+  params = mlp_params(jax.random.PRNGKey(0))
+  batches = make_batches(jax.random.PRNGKey(1), 4)
+  opt = optax.sgd(0.1, momentum=0.9)
+  got = prospr.prospr_scores(mlp_loss, params, batches, num_steps=3, optimizer=opt,
+                             first_order=True)
+  theta, opt_state = params, opt.init(params)
+  for b in batches[:3]:
+    updates, opt_state = opt.update(jax.grad(mlp_loss)(theta, b), opt_state, theta)
+    theta = optax.apply_updates(theta, updates)
+  expected = jax.tree.map(lambda p0, g: jnp.abs(p0 * g), params,
+                          jax.grad(mlp_loss)(theta, batches[3]))
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-8), got,
+               expected)
+  full = prospr.prospr_scores(mlp_loss, params, batches, num_steps=3, optimizer=opt)
+  assert not np.allclose(full["l1"]["kernel"], got["l1"]["kernel"])
+
+
+def test_structured_scores_equal_channel_grouped_mask_gradient():
+  model = TinyBNCNN()
+  batches = make_batches(jax.random.PRNGKey(2), 3, batch_size=4, shape=(6, 6, 2))
+  variables = model.init(jax.random.PRNGKey(3), batches[0]["image"], train=False)
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  filter_fn = masks_lib.kernel_filter(exclude=("head",))
+  loss_fn = LinenLoss(model)
+  got = prospr.prospr_scores(loss_fn, params, batches, state=state, num_steps=2,
+                             structured=True, filter_fn=filter_fn)
+  per_weight = prospr.meta_gradient(masks_lib.ones_masks(params), params, state, batches,
+                                    loss_fn=loss_fn)
+  for name in ("Conv_0", "Conv_1"):
+    grouped = jnp.abs(per_weight[name]["kernel"].sum(axis=(0, 1, 2), keepdims=True))
+    assert got[name]["kernel"].shape == (1, 1, 1, 4)
+    np.testing.assert_allclose(got[name]["kernel"], grouped, rtol=1e-4, atol=1e-7)
+  assert got["head"]["kernel"].shape == params["head"]["kernel"].shape
+
+
+def test_remat_gives_the_same_meta_gradient():
+  params = mlp_params(jax.random.PRNGKey(0))
+  batches = make_batches(jax.random.PRNGKey(1), 5)
+  plain = prospr.prospr_scores(mlp_loss, params, batches, num_steps=4)
+  remat = prospr.prospr_scores(mlp_loss, params, batches, num_steps=4, remat=True)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5), plain, remat)
+
+
+def test_single_batch_is_reused_for_every_step():
+  params = mlp_params(jax.random.PRNGKey(0))
+  (batch,) = make_batches(jax.random.PRNGKey(1), 1)
+  once = prospr.prospr_scores(mlp_loss, params, batch, num_steps=2)
+  repeated = prospr.prospr_scores(mlp_loss, params, [batch] * 3, num_steps=2)
+  jax.tree.map(np.testing.assert_array_equal, once, repeated)
+
+
+def test_wrong_number_of_batches_is_an_error():
+  params = mlp_params(jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="needs 4 batches"):
+    prospr.prospr_scores(mlp_loss, params, make_batches(jax.random.PRNGKey(1), 2), num_steps=3)
