@@ -1,0 +1,49 @@
+"""Default: ProsPr at 98% sparsity on real Fashion-MNIST with a small BatchNorm ConvNet (CPU, minutes)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Every field can be overridden on the command line as `--config.<field>=<value>`."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Data: a tfds name; 'fashion_mnist' reads Debian's dataset-fashion-mnist files offline.
+  config.dataset = "fashion_mnist"
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.augment = True
+  # Model: a name in prospr_jax.models.MODEL_NAMES.
+  config.model = "small_convnet"
+
+  config.prune = ml_collections.ConfigDict()
+  # A name in prospr_jax.METHODS, or 'dense' for no pruning.
+  config.prune.method = "prospr"
+  config.prune.sparsity = 0.98
+  config.prune.structured = False
+  config.prune.allocation = "global"  # 'global', 'uniform' or 'erk'.
+  config.prune.min_kept_per_layer = ml_collections.FieldReference(None, field_type=int)
+  # Regexes of param paths never pruned (e.g. ('head',) keeps the classifier dense).
+  config.prune.exclude = ()
+  config.prune.batch_size = 128  # meta-batch size of the pruning step
+  config.prune.num_batches = 1  # batches per score for SNIP, GraSP, iterative SNIP, FORCE
+  # ProsPr: inner steps and inner optimizer (the authors' code: 3 steps of SGD lr 0.1).
+  config.prune.num_steps = 3
+  config.prune.inner_lr = 0.1
+  config.prune.inner_momentum = 0.0
+  config.prune.remat = False
+  # Iterative methods: rounds of re-scoring (SynFlow 100, iterative SNIP/FORCE 60 by default).
+  config.prune.num_rounds = ml_collections.FieldReference(None, field_type=int)
+  config.prune.synflow_float64 = True
+  config.prune.grasp_temperature = 200.0
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 3
+  config.train.batch_size = 128
+  config.train.eval_batch_size = 1000
+  config.train.learning_rate = 0.1
+  config.train.lr_schedule = "cosine"  # 'cosine' or 'step' (x0.1 at the decay_epochs fractions)
+  config.train.lr_decay_fractions = (0.5, 0.75)
+  config.train.momentum = 0.9
+  config.train.weight_decay = 5e-4
+  config.train.steps_per_epoch = -1  # -1: one pass over the training split
+  config.train.log_every_steps = 100
+  return config

@@ -1,0 +1,267 @@
+"""Prune at initialization, then train the masked network: `train_and_evaluate(config, workdir)`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from prospr_jax import data as data_lib
+from prospr_jax import masks as masks_lib
+from prospr_jax import models
+from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
+from prospr_jax.saliency import registry
+from prospr_jax.transform import keep_masked
+
+PyTree = Any
+DENSE = "dense"
+"""`config.prune.method` value that trains the unpruned network."""
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state, BatchNorm statistics and the bool mask pytree."""
+
+  batch_stats: PyTree
+  masks: PyTree
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+  """Cosine decay, or step decay x0.1 at `lr_decay_fractions` of training (the paper's)."""
+  total = config.num_epochs * steps_per_epoch
+  if config.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(config.learning_rate, total)
+  if config.lr_schedule == "step":
+    boundaries = {int(f * total): 0.1 for f in config.lr_decay_fractions}
+    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; choose 'cosine' or 'step'.")
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule, masks: PyTree
+) -> optax.GradientTransformation:
+  """keep_masked -> L2 weight decay -> SGD with momentum: pruned weights stay exactly zero."""
+  return optax.chain(
+      keep_masked(masks),
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum or None),
+  )
+
+
+@jax.jit
+def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step on `batch`; returns the new state and `{'loss', 'accuracy'}` of the batch."""
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        mutable=["batch_stats"],
+    )
+    return cross_entropy(logits, batch["label"]), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return state, {"loss": loss, "accuracy": accuracy}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: PyTree) -> dict[str, jax.Array]:
+  """Sums over the real examples of `batch` (its 'mask'): count, loss, top-1 and top-5 hits."""
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+  )
+  weight = batch["mask"].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {
+      "count": weight.sum(),
+      "loss": (losses * weight).sum(),
+      "top1": ((jnp.argmax(logits, -1) == batch["label"]) * weight).sum(),
+      "top5": ((top5 == batch["label"][:, None]).any(-1) * weight).sum(),
+  }
+
+
+def evaluate(state: TrainState, batches: Iterator[PyTree]) -> dict[str, float]:
+  """Test loss, top-1 and top-5 accuracy over one pass of `batches`."""
+  sums = None
+  for batch in batches:
+    out = eval_step(state, batch)
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  count = float(sums["count"])
+  return {k: float(sums[k]) / count for k in ("loss", "top1", "top5")}
+
+
+def _method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The method-specific keyword arguments of `prune` read from `config.prune`."""
+  method = config.method
+  if method in ("prospr", "prospr_first_order"):
+    momentum = config.inner_momentum or None
+    return {"num_steps": config.num_steps, "remat": config.remat,
+            "optimizer": optax.sgd(config.inner_lr, momentum=momentum)}
+  if method in ("iterative_snip", "force", "synflow"):
+    options = {} if config.num_rounds is None else {"num_rounds": config.num_rounds}
+    return options | ({"float64": config.synflow_float64} if method == "synflow" else {})
+  return {}
+
+
+def _num_pruning_batches(config: ml_collections.ConfigDict) -> int:
+  if config.method in ("prospr", "prospr_first_order"):
+    return config.num_steps + 1
+  return config.num_batches
+
+
+def prune_at_init(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: PyTree,
+    input_shape: tuple[int, ...],
+    key: jax.Array,
+) -> PyTree:
+  """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
+
+  Pruning batches are drawn from the training split (no augmentation) with their own seed.
+  """
+  pc = config.prune
+  params = variables["params"]
+  if pc.method == DENSE:
+    return masks_lib.ones_masks(params, dtype=bool)
+  if pc.method not in registry.METHODS:
+    raise ValueError(
+        f"Unknown pruning method {pc.method!r}; choose 'dense' or one of {sorted(registry.METHODS)}."
+    )
+  state = {k: v for k, v in variables.items() if k != "params"}
+  needs = registry.METHODS[pc.method].needs
+  batches = None
+  if "batches" in needs:
+    stream = data_lib.train_batches(
+        config.dataset, batch_size=pc.batch_size, seed=config.seed + 1,
+        data_dir=config.data_dir, augment=False,
+    )
+    batches = [jax.tree.map(jnp.asarray, b) for b in
+               itertools.islice(stream, _num_pruning_batches(pc))]
+  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
+  return registry.prune(
+      pc.method, params, pc.sparsity,
+      loss_fn=LinenLoss(model, temperature=temperature), batches=batches, state=state,
+      apply_fn=LinenApply(model, state), input_shape=input_shape, key=key,
+      filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
+      structured=pc.structured, allocation=pc.allocation,
+      min_kept_per_layer=pc.min_kept_per_layer, **_method_options(pc),
+  )
+
+
+def _write_json_atomically(path: str, obj: Any) -> None:
+  """Writes `obj` as JSON to `path` through a temporary file, so `path` is never half-written."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config.json` to `workdir`, refusing a workdir that holds another run's config."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    if previous != current:
+      changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+      raise ValueError(
+          f"{workdir} holds a run with a different config (differs in {changed}). Use another "
+          "--workdir or delete that one."
+      )
+  _write_json_atomically(path, current)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Prunes a freshly initialized model, trains it masked and evaluates it every epoch.
+
+  Writes to `workdir`: `config.json`, `masks.npz` (bool masks, see `masks.load_masks`) and
+  `results.json` (config, final/best test accuracy, per-layer density, pruning and training
+  seconds). Returns the results dict.
+  """
+  masks_lib.check_sparsity(config.prune.sparsity)
+  _claim_workdir(config, workdir)
+  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  model = models.get_model(config.model, info.num_classes)
+  init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
+  variables = model.init(init_key, dummy, train=False)
+
+  start = time.perf_counter()
+  masks = jax.block_until_ready(
+      prune_at_init(config, model, variables, info.image_shape, prune_key)
+  )
+  prune_seconds = time.perf_counter() - start
+  filter_fn = masks_lib.kernel_filter(exclude=tuple(config.prune.exclude))
+  density = masks_lib.density_summary(masks, variables["params"], filter_fn)
+  masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
+  logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",
+               config.prune.method, prune_seconds, density["density/total"])
+
+  tc = config.train
+  steps_per_epoch = info.num_train // tc.batch_size
+  if tc.steps_per_epoch > 0:
+    steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+  schedule = learning_rate_schedule(tc, steps_per_epoch)
+  state = TrainState.create(
+      apply_fn=model.apply,
+      params=masks_lib.apply_masks(variables["params"], masks),
+      tx=make_optimizer(tc, schedule, masks),
+      batch_stats=variables.get("batch_stats", {}),
+      masks=masks,
+  )
+  batches = data_lib.train_batches(
+      config.dataset, batch_size=tc.batch_size, seed=config.seed, data_dir=config.data_dir,
+      augment=config.augment,
+  )
+
+  history = []
+  start = time.perf_counter()
+  for epoch in range(1, tc.num_epochs + 1):
+    tick, metrics = time.perf_counter(), []
+    for step in range(1, steps_per_epoch + 1):
+      state, m = train_step(state, next(batches))
+      metrics.append(m)
+      if step % tc.log_every_steps == 0:
+        jax.block_until_ready(m)
+        logging.info("epoch %d step %d/%d loss %.4f (%.1f steps/s)", epoch, step,
+                     steps_per_epoch, float(m["loss"]), step / (time.perf_counter() - tick))
+    train_metrics = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+    test = evaluate(state, data_lib.eval_batches(
+        config.dataset, batch_size=tc.eval_batch_size, data_dir=config.data_dir))
+    history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
+                    "train_accuracy": train_metrics["accuracy"], "test_loss": test["loss"],
+                    "test_top1": test["top1"], "test_top5": test["top5"],
+                    "learning_rate": float(schedule(state.step))})
+    logging.info("epoch %d: train loss %.4f, test top-1 %.4f, top-5 %.4f (%.1f s)", epoch,
+                 train_metrics["loss"], test["top1"], test["top5"], time.perf_counter() - tick)
+  train_seconds = time.perf_counter() - start
+
+  results = {
+      "config": json.loads(config.to_json()),
+      "final_test_top1": history[-1]["test_top1"],
+      "best_test_top1": max(h["test_top1"] for h in history),
+      "final_test_top5": history[-1]["test_top5"] if info.num_classes > 10 else None,
+      "density": density,
+      "prune_seconds": prune_seconds,
+      "train_seconds": train_seconds,
+      "history": history,
+      "device": jax.devices()[0].device_kind,
+  }
+  _write_json_atomically(os.path.join(workdir, "results.json"), results)
+  return results
