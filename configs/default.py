@@ -7,6 +7,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Every field can be overridden on the command line as `--config.<field>=<value>`."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.distributed = False  # True: jax.distributed.initialize() for multi-host runs
   # Data: a tfds name; 'fashion_mnist' reads Debian's dataset-fashion-mnist files offline.
   config.dataset = "fashion_mnist"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -46,4 +47,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 5e-4
   config.train.steps_per_epoch = -1  # -1: one pass over the training split
   config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 500
   return config

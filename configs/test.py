@@ -15,5 +15,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.batch_size = 32
   config.train.eval_batch_size = 256
   config.train.log_every_steps = 10
+  config.train.checkpoint_every_steps = 10
   config.train.steps_per_epoch = 20
   return config

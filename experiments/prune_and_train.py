@@ -5,6 +5,10 @@ r"""Prune a network at initialization, train it, print its test accuracy.
 """
 
 import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs.*` imports
 
 from absl import app, flags, logging
 from ml_collections import config_flags

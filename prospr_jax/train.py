@@ -15,12 +15,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
+from flax.metrics import tensorboard
 from flax.training import train_state
+from jax.sharding import Mesh
 
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
-from prospr_jax import models
+from prospr_jax import models, parallel
 from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
 from prospr_jax.saliency import registry
 from prospr_jax.transform import keep_masked
@@ -128,6 +131,7 @@ def prune_at_init(
     variables: PyTree,
     input_shape: tuple[int, ...],
     key: jax.Array,
+    mesh: Mesh,
 ) -> PyTree:
   """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
 
@@ -149,7 +153,7 @@ def prune_at_init(
         config.dataset, batch_size=pc.batch_size, seed=config.seed + 1,
         data_dir=config.data_dir, augment=False,
     )
-    batches = [jax.tree.map(jnp.asarray, b) for b in
+    batches = [parallel.shard_batch(b, mesh) for b in
                itertools.islice(stream, _num_pruning_batches(pc))]
   temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
   return registry.prune(
@@ -187,70 +191,136 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   _write_json_atomically(path, current)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Prunes a freshly initialized model, trains it masked and evaluates it every epoch.
-
-  Writes to `workdir`: `config.json`, `masks.npz` (bool masks, see `masks.load_masks`) and
-  `results.json` (config, final/best test accuracy, per-layer density, pruning and training
-  seconds). Returns the results dict.
-  """
-  masks_lib.check_sparsity(config.prune.sparsity)
-  _claim_workdir(config, workdir)
-  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
-  model = models.get_model(config.model, info.num_classes)
-  init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  dummy = jnp.zeros((1, *info.image_shape), jnp.float32)
-  variables = model.init(init_key, dummy, train=False)
-
-  start = time.perf_counter()
-  masks = jax.block_until_ready(
-      prune_at_init(config, model, variables, info.image_shape, prune_key)
-  )
-  prune_seconds = time.perf_counter() - start
-  filter_fn = masks_lib.kernel_filter(exclude=tuple(config.prune.exclude))
-  density = masks_lib.density_summary(masks, variables["params"], filter_fn)
-  masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
-  logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",
-               config.prune.method, prune_seconds, density["density/total"])
-
-  tc = config.train
-  steps_per_epoch = info.num_train // tc.batch_size
-  if tc.steps_per_epoch > 0:
-    steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
-  schedule = learning_rate_schedule(tc, steps_per_epoch)
-  state = TrainState.create(
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: PyTree,
+    masks: PyTree,
+    schedule: optax.Schedule,
+) -> TrainState:
+  """A `TrainState` with masked initial params and the keep_masked optimizer."""
+  return TrainState.create(
       apply_fn=model.apply,
       params=masks_lib.apply_masks(variables["params"], masks),
-      tx=make_optimizer(tc, schedule, masks),
+      tx=make_optimizer(config.train, schedule, masks),
       batch_stats=variables.get("batch_stats", {}),
       masks=masks,
   )
+
+
+def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+  """Orbax manager for `<workdir>/checkpoints`, keeping the 2 latest checkpoints."""
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+  )
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager, state: TrainState, meta: dict[str, Any]
+) -> None:
+  """Saves the whole train state (params, optimizer state, statistics, masks, step) and `meta`."""
+  manager.save(
+      int(state.step),
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+  )
+
+
+def restore_checkpoint(
+    manager: ocp.CheckpointManager, like: TrainState
+) -> tuple[TrainState, dict[str, Any]]:
+  """Restores the latest checkpoint into the structure and shardings of `like`."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  restored = manager.restore(
+      manager.latest_step(),
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                              meta=ocp.args.JsonRestore()),
+  )
+  return restored.state, restored.meta
+
+
+def _write_summaries(writer: tensorboard.SummaryWriter, step: int, values: dict[str, float]) -> None:
+  for tag, value in values.items():
+    writer.scalar(tag, value, step)
+  writer.flush()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Prunes a freshly initialized model, trains it masked and evaluates it every epoch.
+
+  Data-parallel over all devices (batch sharded, state replicated). Writes to `workdir`:
+  `config.json`; `masks.npz` (bool masks, see `masks.load_masks`); orbax checkpoints of the
+  whole train state in `checkpoints/` every `config.train.checkpoint_every_steps` steps and at
+  the end; TensorBoard summaries; `results.json` (config, final/best test accuracy, per-layer
+  density, pruning and training seconds). A rerun with the same config resumes from the latest
+  checkpoint (same final params as an uninterrupted run); a workdir holding another config is
+  refused. Returns the results dict.
+  """
+  masks_lib.check_sparsity(config.prune.sparsity)
+  parallel.initialize_distributed(config.distributed)
+  _claim_workdir(config, workdir)
+  mesh = parallel.data_mesh()
+  tc = config.train
+  for batch_size in (tc.batch_size, tc.eval_batch_size, config.prune.batch_size):
+    parallel.check_batch_size(batch_size, mesh)
+  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  model = models.get_model(config.model, info.num_classes)
+  init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = model.init(init_key, jnp.zeros((1, *info.image_shape), jnp.float32), train=False)
+  variables = parallel.replicate(variables, mesh)
+  steps_per_epoch = info.num_train // (tc.batch_size * jax.process_count())
+  if tc.steps_per_epoch > 0:
+    steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+  schedule = learning_rate_schedule(tc, steps_per_epoch)
+  filter_fn = masks_lib.kernel_filter(exclude=tuple(config.prune.exclude))
+  manager = checkpoint_manager(workdir)
+  writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  if manager.latest_step() is None:
+    start = time.perf_counter()
+    masks = jax.block_until_ready(
+        prune_at_init(config, model, variables, info.image_shape, prune_key, mesh)
+    )
+    meta = {"prune_seconds": time.perf_counter() - start, "train_seconds": 0.0, "history": []}
+    state = create_train_state(config, model, variables, masks, schedule)
+    masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
+  else:
+    template = create_train_state(
+        config, model, variables, masks_lib.ones_masks(variables["params"], dtype=bool),
+        schedule)
+    state, meta = restore_checkpoint(manager, template)
+    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+  density = masks_lib.density_summary(state.masks, state.params, filter_fn)
+  logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",
+               config.prune.method, meta["prune_seconds"], density["density/total"])
+  _write_summaries(writer, 0, density)
+
   batches = data_lib.train_batches(
       config.dataset, batch_size=tc.batch_size, seed=config.seed, data_dir=config.data_dir,
       augment=config.augment,
   )
-
-  history = []
-  start = time.perf_counter()
-  for epoch in range(1, tc.num_epochs + 1):
-    tick, metrics = time.perf_counter(), []
-    for step in range(1, steps_per_epoch + 1):
-      state, m = train_step(state, next(batches))
-      metrics.append(m)
-      if step % tc.log_every_steps == 0:
-        jax.block_until_ready(m)
-        logging.info("epoch %d step %d/%d loss %.4f (%.1f steps/s)", epoch, step,
-                     steps_per_epoch, float(m["loss"]), step / (time.perf_counter() - tick))
-    train_metrics = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
-    test = evaluate(state, data_lib.eval_batches(
-        config.dataset, batch_size=tc.eval_batch_size, data_dir=config.data_dir))
-    history.append({"epoch": epoch, "train_loss": train_metrics["loss"],
-                    "train_accuracy": train_metrics["accuracy"], "test_loss": test["loss"],
-                    "test_top1": test["top1"], "test_top5": test["top5"],
-                    "learning_rate": float(schedule(state.step))})
-    logging.info("epoch %d: train loss %.4f, test top-1 %.4f, top-5 %.4f (%.1f s)", epoch,
-                 train_metrics["loss"], test["top1"], test["top5"], time.perf_counter() - tick)
-  train_seconds = time.perf_counter() - start
+  first_step = int(state.step)
+  batches = itertools.islice(batches, first_step, None)  # the data position of a resumed run
+  history = meta["history"]
+  start, tick, metrics = time.perf_counter(), time.perf_counter(), []
+  for step in range(first_step + 1, tc.num_epochs * steps_per_epoch + 1):
+    state, m = train_step(state, parallel.shard_batch(next(batches), mesh))
+    metrics.append(m)
+    if step % tc.log_every_steps == 0:
+      rate = len(metrics) / (time.perf_counter() - tick)
+      logging.info("step %d loss %.4f (%.1f steps/s)", step, float(m["loss"]), rate)
+      _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
+                                      "learning_rate": float(schedule(step))})
+    if step % steps_per_epoch == 0:
+      history.append(_end_of_epoch(config, state, metrics, mesh, step // steps_per_epoch))
+      _write_summaries(writer, step, {k: v for k, v in history[-1].items() if k != "epoch"})
+      tick, metrics = time.perf_counter(), []
+    if step % tc.checkpoint_every_steps == 0 or step == tc.num_epochs * steps_per_epoch:
+      meta["train_seconds"] += time.perf_counter() - start
+      start = time.perf_counter()
+      save_checkpoint(manager, state, meta)
+  manager.wait_until_finished()
+  writer.close()
 
   results = {
       "config": json.loads(config.to_json()),
@@ -258,10 +328,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "best_test_top1": max(h["test_top1"] for h in history),
       "final_test_top5": history[-1]["test_top5"] if info.num_classes > 10 else None,
       "density": density,
-      "prune_seconds": prune_seconds,
-      "train_seconds": train_seconds,
+      "prune_seconds": meta["prune_seconds"],
+      "train_seconds": meta["train_seconds"],
       "history": history,
       "device": jax.devices()[0].device_kind,
+      "num_devices": jax.device_count(),
   }
-  _write_json_atomically(os.path.join(workdir, "results.json"), results)
+  if jax.process_index() == 0:
+    _write_json_atomically(os.path.join(workdir, "results.json"), results)
   return results
+
+
+def _end_of_epoch(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    metrics: list[dict[str, jax.Array]],
+    mesh: Mesh,
+    epoch: int,
+) -> dict[str, float]:
+  """Evaluates on the test split; returns the epoch's train and test metrics and logs them."""
+  test = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
+      config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)))
+  record = {"epoch": epoch,
+            "train_loss": float(np.mean([m["loss"] for m in metrics])),
+            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics])),
+            "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"]}
+  logging.info("epoch %d: train loss %.4f, test top-1 %.4f, top-5 %.4f", epoch,
+               record["train_loss"], record["test_top1"], record["test_top5"])
+  return record

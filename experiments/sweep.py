@@ -1,0 +1,51 @@
+r"""Sweep pruning methods x sparsities x seeds (plus dense), resumably; collect all results.
+
+  python experiments/sweep.py --config=configs/default.py --workdir=/tmp/sweep \
+      --methods=prospr,snip --sparsities=0.9,0.98 --seeds=0,1 --max_runs=4
+
+Each run trains in `<workdir>/<method>/s<sparsity>/seed<seed>` (`<workdir>/dense/seed<seed>`);
+runs whose results.json exists are skipped, so invoking the same command again resumes the
+sweep (`--max_runs` runs it in chunks). After each run `<workdir>/all_results.{json,csv}` are
+rewritten; `experiments/report.py` makes the table and plots from `all_results.json`.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from prospr_jax import sweep
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
+_METHODS = flags.DEFINE_string(
+    "methods", ",".join(sweep.DEFAULT_METHODS), "Comma-separated pruning methods.")
+_SPARSITIES = flags.DEFINE_string(
+    "sparsities", ",".join(map(str, sweep.DEFAULT_SPARSITIES)), "Comma-separated sparsities.")
+_SEEDS = flags.DEFINE_string(
+    "seeds", ",".join(map(str, sweep.DEFAULT_SEEDS)), "Comma-separated seeds.")
+_INCLUDE_DENSE = flags.DEFINE_bool("include_dense", True, "Add one dense run per seed.")
+_MAX_RUNS = flags.DEFINE_integer(
+    "max_runs", -1, "Stop after this many new runs (-1: no limit); rerun to continue.")
+config_flags.DEFINE_config_file("config", "configs/default.py", "Base experiment configuration.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  points = sweep.expand_grid(
+      sweep.parse_list(_METHODS.value),
+      sweep.parse_list(_SPARSITIES.value, float),
+      sweep.parse_list(_SEEDS.value, int),
+      include_dense=_INCLUDE_DENSE.value,
+  )
+  summary = sweep.run_sweep(flags.FLAGS.config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value)
+  logging.info("Sweep of %d runs: %d run now, %d already done, %d failed, %d left. Results: %s",
+               len(points), len(summary.ran), len(summary.skipped), len(summary.failed),
+               len(summary.remaining), f"{_WORKDIR.value}/{sweep.COLLECTION_JSON}")
+  if summary.failed:
+    raise SystemExit(f"{len(summary.failed)} runs failed (logged above): "
+                     + "; ".join(map(str, summary.failed)))
+
+
+if __name__ == "__main__":
+  app.run(main)

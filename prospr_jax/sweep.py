@@ -1,0 +1,331 @@
+"""A resumable grid sweep over pruning methods, sparsities and seeds, and its results collection.
+
+Each grid point trains in its own directory under a root:
+`<root>/<method>/s<sparsity>/seed<seed>` (`<root>/dense/seed<seed>` for the unpruned network).
+A point whose `results.json` already exists (and parses) is skipped, so an interrupted sweep
+resumes where it stopped. After each new run, every `results.json` under the root is collected
+into `<root>/all_results.json` (one record per run, with per-layer densities) and
+`<root>/all_results.csv` (the same records without the per-layer densities).
+
+`experiments/sweep.py` is the command-line front end; `prospr_jax.report` turns the collection
+into a table and plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+DENSE = "dense"
+"""Method name of the unpruned baseline (same as `prospr_jax.train.DENSE`)."""
+DEFAULT_METHODS = (
+    "prospr", "snip", "grasp", "synflow", "iterative_snip", "force", "magnitude", "random"
+)
+DEFAULT_SPARSITIES = (0.9, 0.95, 0.98, 0.99, 0.995)
+DEFAULT_SEEDS = (0, 1, 2)
+RESULTS_FILE = "results.json"
+COLLECTION_JSON = "all_results.json"
+COLLECTION_CSV = "all_results.csv"
+CSV_FIELDS = (
+    "method", "sparsity", "seed", "final_test_top1", "best_test_top1", "density_total",
+    "prune_seconds", "train_seconds", "workdir",
+)
+"""Columns of `all_results.csv`; `all_results.json` records also hold `layer_density`."""
+
+RunFn = Callable[[ml_collections.ConfigDict, str], Any]
+"""`run_fn(config, workdir)` trains one grid point and writes `<workdir>/results.json`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GridPoint:
+  """One run of a sweep. `sparsity` is 0.0 for the dense baseline."""
+
+  method: str
+  sparsity: float
+  seed: int
+
+  @property
+  def is_dense(self) -> bool:
+    return self.method == DENSE
+
+  def __str__(self) -> str:
+    if self.is_dense:
+      return f"{DENSE} seed={self.seed}"
+    return f"{self.method} sparsity={self.sparsity:g} seed={self.seed}"
+
+
+@dataclasses.dataclass
+class SweepSummary:
+  """What `run_sweep` did: grid points run now, skipped as already done, failed (their error
+  is logged; they are retried by the next invocation) and left undone by `max_runs`."""
+
+  ran: list[GridPoint] = dataclasses.field(default_factory=list)
+  skipped: list[GridPoint] = dataclasses.field(default_factory=list)
+  failed: list[GridPoint] = dataclasses.field(default_factory=list)
+  remaining: list[GridPoint] = dataclasses.field(default_factory=list)
+
+  @property
+  def attempted(self) -> int:
+    """New runs started by this invocation, finished or failed."""
+    return len(self.ran) + len(self.failed)
+
+
+def parse_list(text: str, convert: Callable[[str], Any] = str) -> list[Any]:
+  """Splits a comma-separated flag value, dropping blanks: `'0.9, 0.95'` -> `[0.9, 0.95]`."""
+  return [convert(item.strip()) for item in text.split(",") if item.strip()]
+
+
+def expand_grid(
+    methods: Sequence[str],
+    sparsities: Sequence[float],
+    seeds: Sequence[int],
+    include_dense: bool = True,
+) -> list[GridPoint]:
+  """All (method, sparsity, seed) points, seed-major so early chunks cover every method.
+
+  With `include_dense` one dense run per seed comes first in each seed's block (a 'dense'
+  entry in `methods` is treated the same way, once per seed).
+
+  Raises:
+    ValueError: on an empty list, or a sparsity outside (0, 1).
+  """
+  if not methods and not include_dense:
+    raise ValueError("The sweep has no methods.")
+  if not seeds:
+    raise ValueError("The sweep has no seeds.")
+  pruned = [m for m in dict.fromkeys(methods) if m != DENSE]
+  if pruned and not sparsities:
+    raise ValueError("The sweep has pruning methods but no sparsities.")
+  for s in sparsities:
+    if not 0.0 < s < 1.0:
+      raise ValueError(f"Sparsity {s} is outside (0, 1): it is the fraction of weights removed.")
+  dense = include_dense or DENSE in methods
+  points = []
+  for seed in dict.fromkeys(seeds):
+    if dense:
+      points.append(GridPoint(DENSE, 0.0, seed))
+    points += [GridPoint(m, float(s), seed) for s in dict.fromkeys(sparsities) for m in pruned]
+  return points
+
+
+def run_dir(root: str, point: GridPoint) -> str:
+  """`<root>/<method>/s<sparsity>/seed<seed>`, or `<root>/dense/seed<seed>`."""
+  if point.is_dense:
+    return os.path.join(root, DENSE, f"seed{point.seed}")
+  return os.path.join(root, point.method, f"s{point.sparsity:g}", f"seed{point.seed}")
+
+
+def point_config(base: ml_collections.ConfigDict, point: GridPoint) -> ml_collections.ConfigDict:
+  """A copy of `base` with `prune.method`, `prune.sparsity` and `seed` set from `point`."""
+  config = copy.deepcopy(base)
+  config.prune.method = point.method
+  config.prune.sparsity = point.sparsity
+  config.seed = point.seed
+  return config
+
+
+def read_results(workdir: str) -> dict[str, Any] | None:
+  """The parsed `<workdir>/results.json`, or None if it is missing or not valid JSON.
+
+  A truncated file (a run killed while writing it) reads as None, so that run is redone.
+  """
+  path = os.path.join(workdir, RESULTS_FILE)
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    logging.warning("Ignoring unreadable %s; that run will be redone.", path)
+    return None
+  return results if isinstance(results, dict) else None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """`{'a': {'b': 1}}` -> `{'a.b': 1}`, for naming the fields two configs differ in."""
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for key, value in tree.items():
+    out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+  return out
+
+
+def config_differences(expected: ml_collections.ConfigDict, stored: dict[str, Any]) -> list[str]:
+  """Dotted names of the fields where a stored results' config differs from `expected`."""
+  want = _flatten(json.loads(expected.to_json()))
+  have = _flatten(stored)
+  return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+
+
+def completed(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """Whether `workdir` holds finished results of exactly `config`.
+
+  Raises:
+    ValueError: if it holds results of another config: reusing them would mix configurations
+      in one sweep, redoing them would overwrite them. Use another root.
+  """
+  results = read_results(workdir)
+  if results is None:
+    return False
+  changed = config_differences(config, results.get("config", {}))
+  if changed:
+    raise ValueError(
+        f"{workdir} holds results of a different config (differs in {changed}). Use another "
+        "--workdir or delete those results."
+    )
+  return True
+
+
+def _default_run_fn() -> RunFn:
+  """`train.train_and_evaluate`, imported only when a sweep really trains."""
+  from prospr_jax import train  # pylint: disable=g-import-not-at-top
+
+  return train.train_and_evaluate
+
+
+def run_sweep(
+    config: ml_collections.ConfigDict,
+    root: str,
+    points: Iterable[GridPoint],
+    run_fn: RunFn | None = None,
+    max_runs: int = -1,
+) -> SweepSummary:
+  """Runs every grid point without finished results, at most `max_runs` new ones (-1: all).
+
+  Args:
+    config: base config; each point gets a copy with its method, sparsity and seed.
+    root: sweep directory; each point runs in `run_dir(root, point)`.
+    points: the grid, e.g. from `expand_grid`.
+    run_fn: `run_fn(config, workdir)` training one point and writing its `results.json`
+      (default `prospr_jax.train.train_and_evaluate`).
+    max_runs: stop after this many new runs (failed ones count), so a sweep can be run in
+      chunks; -1: no limit.
+
+  Returns:
+    The points run, skipped, failed and left for a later invocation. The collection files
+    under `root` are rewritten after each new run and once at the end.
+  """
+  run_fn = run_fn or _default_run_fn()
+  summary = SweepSummary()
+  for point in points:
+    point_cfg, workdir = point_config(config, point), run_dir(root, point)
+    if completed(point_cfg, workdir):
+      summary.skipped.append(point)
+      logging.info("skipped %s: %s exists.", point, os.path.join(workdir, RESULTS_FILE))
+      continue
+    if 0 <= max_runs <= summary.attempted:
+      summary.remaining.append(point)
+      continue
+    start = time.perf_counter()
+    try:
+      results = run_fn(point_cfg, workdir)
+    except Exception:  # pylint: disable=broad-except
+      # One failing point (e.g. a layer collapse at extreme sparsity) must not block the rest.
+      logging.exception("FAILED %s after %.1f s; the sweep goes on.", point,
+                        time.perf_counter() - start)
+      summary.failed.append(point)
+      continue
+    summary.ran.append(point)
+    write_collection(root)
+    logging.info("done %s: final test top-1 %s in %.1f s.", point,
+                 _format_accuracy(results), time.perf_counter() - start)
+  write_collection(root)
+  if summary.remaining:
+    logging.info("Stopped at max_runs=%d: %d runs left for the next invocation.", max_runs,
+                 len(summary.remaining))
+  return summary
+
+
+def _format_accuracy(results: Any) -> str:
+  """`final_test_top1` of a results dict as a percentage, or '?' when absent."""
+  try:
+    return f"{100 * float(results['final_test_top1']):.2f}%"
+  except (TypeError, KeyError, ValueError):
+    return "?"
+
+
+def record_from_results(results: dict[str, Any], workdir: str = "") -> dict[str, Any]:
+  """One flat record of a run's `results.json` (the method/sparsity/seed come from its config).
+
+  The record's `sparsity` is the requested one (0.0 for dense); `density_total` is the density
+  actually reached and `layer_density` maps each prunable leaf's path to its density.
+  """
+  config, density = results["config"], results.get("density", {})
+  method = config["prune"]["method"]
+  prefix = "density/"
+  return {
+      "method": method,
+      "sparsity": 0.0 if method == DENSE else float(config["prune"]["sparsity"]),
+      "seed": int(config["seed"]),
+      "final_test_top1": results["final_test_top1"],
+      "best_test_top1": results.get("best_test_top1"),
+      "density_total": density.get("density/total"),
+      "prune_seconds": results.get("prune_seconds"),
+      "train_seconds": results.get("train_seconds"),
+      "workdir": workdir,
+      "layer_density": {k[len(prefix):]: v for k, v in density.items()
+                        if k.startswith(prefix) and k != "density/total"},
+  }
+
+
+def collect_records(root: str) -> list[dict[str, Any]]:
+  """Records of every readable `results.json` under `root`, sorted by method, sparsity, seed.
+
+  `workdir` in each record is relative to `root`.
+  """
+  records = []
+  for dirpath, _, filenames in os.walk(root):
+    if RESULTS_FILE not in filenames:
+      continue
+    results = read_results(dirpath)
+    if results is None:
+      continue
+    try:
+      records.append(record_from_results(results, os.path.relpath(dirpath, root)))
+    except (KeyError, TypeError, ValueError) as e:
+      logging.warning("Skipping %s: not a results file (%r).", dirpath, e)
+  return sorted(records, key=lambda r: (r["method"], r["sparsity"], r["seed"], r["workdir"]))
+
+
+def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
+  """Calls `write(file)` on a temporary file next to `path`, then renames it onto `path`."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w", newline="") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_collection(root: str) -> list[dict[str, Any]]:
+  """(Re)writes `<root>/all_results.json` and `<root>/all_results.csv`; returns the records."""
+  os.makedirs(root, exist_ok=True)
+  records = collect_records(root)
+
+  def write_csv(f):
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(records)
+
+  _atomic_write(os.path.join(root, COLLECTION_JSON), lambda f: json.dump(records, f, indent=2))
+  _atomic_write(os.path.join(root, COLLECTION_CSV), write_csv)
+  return records
+
+
+def load_collection(path: str) -> list[dict[str, Any]]:
+  """The records of an `all_results.json` written by `write_collection`."""
+  with open(path) as f:
+    return json.load(f)

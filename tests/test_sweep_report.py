@@ -1,0 +1,243 @@
+"""Sweep resume, chunking and collection (fake and real training); report table and plots."""
+
+import csv
+import importlib
+import json
+import os
+import pathlib
+
+import matplotlib.image
+import ml_collections
+import numpy as np
+import pytest
+
+from prospr_jax import report, sweep
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+LAYERS = ("Dense_0/kernel", "Dense_1/kernel", "head/kernel")
+
+
+def small_config() -> ml_collections.ConfigDict:
+  """The fields a sweep sets, plus one it leaves alone."""
+  return ml_collections.ConfigDict(
+      {"seed": 0, "prune": {"method": "prospr", "sparsity": 0.5}, "train": {"num_epochs": 1}})
+
+
+class FakeRun:
+  """`run_fn` that writes a plausible results.json instantly and counts its calls."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, config, workdir):
+    self.calls.append(workdir)
+    s = config.prune.sparsity
+    results = {
+        "config": json.loads(config.to_json()),
+        "final_test_top1": 0.9 - 0.1 * s + 0.01 * config.seed,
+        "best_test_top1": 0.95 - 0.1 * s,
+        "density": {**{f"density/{n}": (1 - s) * (i + 1) / 2 for i, n in enumerate(LAYERS)},
+                    "density/total": 1 - s, "sparsity/total": s},
+        "prune_seconds": 0.1, "train_seconds": 1.0, "history": [],
+    }
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, sweep.RESULTS_FILE), "w") as f:
+      json.dump(results, f)
+    return results
+
+
+GRID = sweep.expand_grid(["snip", "magnitude"], [0.9, 0.99], [0, 1], include_dense=True)
+
+
+def test_expand_grid_and_run_dirs():
+  assert len(GRID) == 2 * (1 + 2 * 2)
+  assert len(set(GRID)) == len(GRID)
+  assert sum(p.is_dense for p in GRID) == 2
+  dense, pruned = GRID[0], GRID[1]
+  assert sweep.run_dir("/r", dense) == os.path.join("/r", "dense", "seed0")
+  assert sweep.run_dir("/r", pruned) == os.path.join("/r", "snip", "s0.9", "seed0")
+  assert sweep.expand_grid(["snip"], [0.9], [0], include_dense=False) == [
+      sweep.GridPoint("snip", 0.9, 0)]
+  with pytest.raises(ValueError, match="outside"):
+    sweep.expand_grid(["snip"], [1.0], [0])
+
+
+def test_point_config_copies():
+  base = small_config()
+  cfg = sweep.point_config(base, sweep.GridPoint("snip", 0.99, 3))
+  assert (cfg.prune.method, cfg.prune.sparsity, cfg.seed) == ("snip", 0.99, 3)
+  assert (base.prune.method, base.prune.sparsity, base.seed) == ("prospr", 0.5, 0)
+
+
+def test_sweep_resumes_and_runs_in_chunks(tmp_path):
+  root = str(tmp_path)
+  fake = FakeRun()
+
+  first = sweep.run_sweep(small_config(), root, GRID, run_fn=fake, max_runs=3)
+  assert len(fake.calls) == 3 and len(first.ran) == 3 and len(first.remaining) == len(GRID) - 3
+  assert len(sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))) == 3
+
+  second = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  assert len(fake.calls) == len(GRID) and len(set(fake.calls)) == len(GRID)
+  assert len(second.skipped) == 3 and not second.remaining
+
+  third = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  assert len(fake.calls) == len(GRID), "a finished sweep must not run anything again"
+  assert len(third.skipped) == len(GRID) and not third.ran
+
+  records = sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))
+  assert {(r["method"], r["sparsity"], r["seed"]) for r in records} == {
+      (p.method, p.sparsity, p.seed) for p in GRID}
+  snip = next(r for r in records if r["method"] == "snip" and r["sparsity"] == 0.99)
+  assert snip["density_total"] == pytest.approx(0.01)
+  assert set(snip["layer_density"]) == set(LAYERS)
+  with open(os.path.join(root, sweep.COLLECTION_CSV)) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == len(GRID) and tuple(rows[0]) == sweep.CSV_FIELDS
+
+
+def test_truncated_results_are_redone(tmp_path):
+  root, fake = str(tmp_path), FakeRun()
+  point = sweep.GridPoint("snip", 0.9, 0)
+  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  path = os.path.join(sweep.run_dir(root, point), sweep.RESULTS_FILE)
+  with open(path, "r+") as f:
+    f.truncate(20)  # as if the run was killed while writing
+  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  assert len(fake.calls) == 2
+  assert sweep.read_results(sweep.run_dir(root, point)) is not None
+
+
+def test_results_of_another_config_are_refused(tmp_path):
+  root, fake = str(tmp_path), FakeRun()
+  point = sweep.GridPoint("snip", 0.9, 0)
+  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  other = small_config()
+  other.train.num_epochs = 2
+  with pytest.raises(ValueError, match="train.num_epochs"):
+    sweep.run_sweep(other, root, [point], run_fn=fake)
+  assert len(fake.calls) == 1
+
+
+def test_failed_run_does_not_stop_the_sweep(tmp_path):
+  root, fake = str(tmp_path), FakeRun()
+
+  def flaky(config, workdir):
+    if config.prune.method == "snip":
+      raise RuntimeError("layer collapse")
+    return fake(config, workdir)
+
+  summary = sweep.run_sweep(small_config(), root, GRID, run_fn=flaky, max_runs=4)
+  assert summary.attempted == 4 and len(summary.failed) + len(summary.ran) == 4
+  assert all(p.method == "snip" for p in summary.failed) and len(fake.calls) == len(summary.ran)
+  again = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  assert set(again.ran) == set(GRID) - set(summary.ran), "failed runs are retried"
+
+
+def _models_available() -> bool:
+  """Whether `prospr_jax.models` (with `get_model`, which training needs) can be imported."""
+  try:
+    return hasattr(importlib.import_module("prospr_jax.models"), "get_model")
+  except ImportError:
+    return False
+
+
+@pytest.mark.skipif(not _models_available(),
+                    reason="prospr_jax.models (with get_model) cannot be imported yet")
+def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch):
+  """Real training on configs/test.py: 'dense' and 'magnitude', then a resume that runs nothing.
+
+  Uses `run_sweep`'s default run_fn, so a broken `prospr_jax.train` fails here (not skipped).
+  """
+  monkeypatch.syspath_prepend(str(REPO_ROOT))
+  from configs import test as test_config  # pylint: disable=g-import-not-at-top
+
+  root = str(tmp_path)
+  grid = sweep.expand_grid(["magnitude"], [0.9], [0], include_dense=True)
+  first = sweep.run_sweep(test_config.get_config(), root, grid)
+  assert len(first.ran) == 2
+  second = sweep.run_sweep(test_config.get_config(), root, grid)
+  assert not second.ran and len(second.skipped) == 2
+  records = {r["method"]: r for r in
+             sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))}
+  assert set(records) == {"dense", "magnitude"}
+  assert records["dense"]["density_total"] == pytest.approx(1.0)
+  assert records["magnitude"]["density_total"] == pytest.approx(0.1, abs=1e-3)
+  assert 0.0 <= records["magnitude"]["final_test_top1"] <= 1.0
+
+
+# Hand-made accuracies: snip is best at 90%, prospr at 99%.
+ACCURACY = {
+    ("prospr", 0.9): (0.912, 0.918), ("prospr", 0.99): (0.871, 0.859),
+    ("snip", 0.9): (0.921, 0.915), ("snip", 0.99): (0.802, 0.834),
+    ("dense", 0.0): (0.931, 0.927),
+}
+
+
+def synthetic_records():
+  records = []
+  for (method, s), values in ACCURACY.items():
+    for seed, acc in enumerate(values):
+      layers = {} if method == "dense" else {
+          n: (1 - s) * (i + 1) / 2 + 0.01 * seed for i, n in enumerate(LAYERS)}
+      records.append({"method": method, "sparsity": s, "seed": seed, "final_test_top1": acc,
+                      "density_total": 1 - s, "layer_density": layers})
+  return records
+
+
+def parse_table(markdown: str) -> dict[str, list[str]]:
+  """`{row name: cells}` of a markdown table (the header row keyed by its first cell)."""
+  rows = [line.strip().strip("|").split("|") for line in markdown.splitlines()
+          if line.startswith("|") and "---" not in line]
+  return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows}
+
+
+def expected_cell(values) -> str:
+  x = 100 * np.asarray(values)
+  return f"{x.mean():.2f} ± {x.std(ddof=1):.2f}"
+
+
+def test_results_table_cells_and_bolding():
+  table = report.results_table(synthetic_records())
+  assert "ddof=1" in table
+  rows = parse_table(table)
+  header = next(k for k in rows if k.startswith("method"))
+  assert rows[header] == ["90%", "99%"]
+  assert rows["prospr"] == [expected_cell(ACCURACY[("prospr", 0.9)]),
+                            f"**{expected_cell(ACCURACY[('prospr', 0.99)])}**"]
+  assert rows["snip"] == [f"**{expected_cell(ACCURACY[('snip', 0.9)])}**",
+                          expected_cell(ACCURACY[("snip", 0.99)])]
+  assert rows["dense"] == [expected_cell(ACCURACY[("dense", 0.0)])] * 2  # never bold
+
+
+def test_results_table_marks_missing_seeds():
+  records = [r for r in synthetic_records()
+             if not (r["method"] == "snip" and r["sparsity"] == 0.99 and r["seed"] == 1)]
+  rows = parse_table(report.results_table(records))
+  assert rows["snip"][1] == f"{100 * ACCURACY[('snip', 0.99)][0]:.2f} (n=1)"
+  assert "(n=" not in rows["prospr"][1]
+
+
+def assert_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+  image = matplotlib.image.imread(path)
+  assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+
+
+def test_write_report(tmp_path):
+  paths = report.write_report(synthetic_records(), str(tmp_path))
+  names = [os.path.basename(p) for p in paths]
+  assert names == [report.TABLE_FILE, report.ACCURACY_PLOT_FILE, report.DENSITY_PLOT_FILE]
+  assert (tmp_path / report.TABLE_FILE).read_text().count("**") == 4
+  for path in paths[1:]:
+    assert_png(path)
+
+
+def test_layer_densities_default_and_missing_sparsity():
+  layers, densities = report.layer_densities(synthetic_records(), 0.99)
+  assert layers == list(LAYERS) and set(densities) == {"prospr", "snip"}
+  np.testing.assert_allclose(densities["snip"], [0.01 * (i + 1) / 2 + 0.005 for i in range(3)])
+  with pytest.raises(ValueError, match="No per-layer densities"):
+    report.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
