@@ -31,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.inner_lr = 0.1
   config.prune.inner_momentum = 0.0
   config.prune.remat = False
-  # Iterative methods: rounds of re-scoring (SynFlow 100, iterative SNIP/FORCE 60 by default).
+  # Iterative SNIP / FORCE rounds (None: their default, 60); SynFlow rounds (its paper: 100).
   config.prune.num_rounds = ml_collections.FieldReference(None, field_type=int)
+  config.prune.synflow_rounds = 100
   config.prune.synflow_float64 = True
   config.prune.grasp_temperature = 200.0
 

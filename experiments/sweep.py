@@ -9,6 +9,11 @@ sweep (`--max_runs` runs it in chunks). After each run `<workdir>/all_results.{j
 rewritten; `experiments/report.py` makes the table and plots from `all_results.json`.
 """
 
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs.*` imports
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -113,9 +113,10 @@ def _method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     momentum = config.inner_momentum or None
     return {"num_steps": config.num_steps, "remat": config.remat,
             "optimizer": optax.sgd(config.inner_lr, momentum=momentum)}
-  if method in ("iterative_snip", "force", "synflow"):
-    options = {} if config.num_rounds is None else {"num_rounds": config.num_rounds}
-    return options | ({"float64": config.synflow_float64} if method == "synflow" else {})
+  if method in ("iterative_snip", "force"):
+    return {} if config.num_rounds is None else {"num_rounds": config.num_rounds}
+  if method == "synflow":
+    return {"num_rounds": config.synflow_rounds, "float64": config.synflow_float64}
   return {}
 
 
