@@ -24,8 +24,14 @@ def initialize_distributed(enabled: bool) -> None:
 
 
 def data_mesh() -> Mesh:
-  """A mesh with one axis, 'data', over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A mesh with one axis, 'data', over every device of every process.
+
+  The axis is `Auto`: XLA propagates the batch sharding through the model (recent JAX makes
+  `Explicit` axes by default, which would make every op's output sharding a type to spell out).
+  """
+  return jax.make_mesh(
+      (jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def check_batch_size(per_process_batch_size: int, mesh: Mesh) -> None:
