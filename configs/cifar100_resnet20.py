@@ -1,0 +1,9 @@
+"""ProsPr paper setting: resnet20 on cifar100 (the CIFAR protocol of `cifar10_resnet20.py`)."""
+
+import ml_collections
+
+from configs import cifar10_resnet20
+
+
+def get_config() -> ml_collections.ConfigDict:
+  return cifar10_resnet20.get_config(model="resnet20", dataset="cifar100")
