@@ -165,3 +165,26 @@ def test_wrong_number_of_batches_is_an_error():
   params = mlp_params(jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="needs 4 batches"):
     prospr.prospr_scores(mlp_loss, params, make_batches(jax.random.PRNGKey(1), 2), num_steps=3)
+
+
+def _compiled_peak_bytes(num_steps, remat, model, variables, batch):
+  """Argument + output + temp bytes of the compiled meta-gradient (XLA's memory analysis)."""
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+  compiled = prospr.meta_gradient.lower(
+      masks_lib.ones_masks(params), params, state, [batch] * (num_steps + 1),
+      loss_fn=LinenLoss(model), remat=remat).compile()
+  mem = compiled.memory_analysis()
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes)
+
+
+def test_remat_keeps_memory_nearly_flat_in_k():
+  model = TinyBNCNN()
+  (batch,) = make_batches(jax.random.PRNGKey(2), 1, batch_size=64, shape=(16, 16, 2))
+  variables = model.init(jax.random.PRNGKey(3), batch["image"], train=False)
+  peak = {(k, r): _compiled_peak_bytes(k, r, model, variables, batch)
+          for k in (1, 8) for r in (False, True)}
+  assert peak[8, False] > 3 * peak[1, False]  # activations of every step are stored
+  # With remat only each step's inputs (params, optimizer state, batch) are stored.
+  growth, growth_without = peak[8, True] - peak[1, True], peak[8, False] - peak[1, False]
+  assert growth < 0.2 * growth_without, peak
