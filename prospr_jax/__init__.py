@@ -23,6 +23,7 @@ from prospr_jax.saliency import (
     random_scores,
     snip_scores,
 )
+from prospr_jax.structured import structured_prune
 from prospr_jax.transform import keep_masked
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from jax.sharding import Mesh
 
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
-from prospr_jax import models, parallel
+from prospr_jax import models, parallel, structured
 from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
 from prospr_jax.saliency import registry
 from prospr_jax.transform import keep_masked
@@ -136,7 +136,10 @@ def prune_at_init(
 ) -> PyTree:
   """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
 
-  Pruning batches are drawn from the training split (no augmentation) with their own seed.
+  With `config.prune.structured`, channel-group masks from `structured.structured_prune`
+  (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
+  kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
+  are drawn from the training split (no augmentation) with their own seed.
   """
   pc = config.prune
   params = variables["params"]
@@ -156,6 +159,12 @@ def prune_at_init(
     )
     batches = [parallel.shard_batch(b, mesh) for b in
                itertools.islice(stream, _num_pruning_batches(pc))]
+  if pc.structured:  # coupled channel groups (see prospr_jax.structured)
+    return structured.structured_prune(
+        pc.method, model, variables, batches, pc.sparsity, key=key,
+        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation,
+        **_method_options(pc),
+    )
   temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
   return registry.prune(
       pc.method, params, pc.sparsity,
@@ -286,9 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = create_train_state(config, model, variables, masks, schedule)
     masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
   else:
-    template = create_train_state(
-        config, model, variables, masks_lib.ones_masks(variables["params"], dtype=bool),
-        schedule)
+    # The saved masks give the template its mask shapes (per-channel masks are not full-size).
+    saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
+    template = create_train_state(config, model, variables, saved_masks, schedule)
     state, meta = restore_checkpoint(manager, template)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   density = masks_lib.density_summary(state.masks, state.params, filter_fn)

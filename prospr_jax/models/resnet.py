@@ -15,12 +15,18 @@ stage's input: `stem_bn` or the previous stage's sum) are one coupled channel gr
 
 Block modules are named `stage{s}_block{b}` (s from 1, b from 0), the stem `stem_conv` /
 `stem_bn`, the classifier `head`.
+
+Width overrides (for channel-pruned, compacted models, see `prospr_jax.compaction`): a block's
+`widths` gives the output channels of its convs, and `ResNet.stem_width` / `block_widths`
+set them for the whole network. Whether a block has a projection shortcut is decided from the
+nominal widths (`stage_features`), never from the overridden ones, so a compacted model keeps
+its reference's parameter tree. With the defaults (`None`) nothing changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import flax.linen as nn
 import jax
@@ -32,13 +38,27 @@ FAN_OUT_INIT: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "tr
 
 
 def _shortcut(
-    x: jax.Array, out_features: int, strides: int, kernel_init: Initializer, train: bool
+    x: jax.Array,
+    out_features: int,
+    strides: int,
+    kernel_init: Initializer,
+    train: bool,
+    projection: bool | None = None,
 ) -> jax.Array:
-  """Returns the block input `x` if its shape is kept, else `shortcut_bn(shortcut_conv(x))`.
+  """Returns the block input `x` or the projection `shortcut_bn(shortcut_conv(x))`.
 
-  Must be called inside a block's compact `__call__`, which then owns the two submodules.
+  `projection=None` projects iff the block changes the shape (`strides != 1` or
+  `x.shape[-1] != out_features`); True/False force it. Must be called inside a block's compact
+  `__call__`, which then owns the two submodules.
   """
-  if strides == 1 and x.shape[-1] == out_features:
+  if projection is None:
+    projection = strides != 1 or x.shape[-1] != out_features
+  if not projection:
+    if strides != 1 or x.shape[-1] != out_features:
+      raise ValueError(
+          f"An identity shortcut cannot map {x.shape[-1]} channels at stride {strides} to "
+          f"{out_features} channels."
+      )
     return x
   x = conv(out_features, 1, strides=strides, kernel_init=kernel_init, name="shortcut_conv")(x)
   return batch_norm(train, name="shortcut_bn")(x)
@@ -54,19 +74,28 @@ class BasicBlock(nn.Module):
     features: output channels of both convs (and of the block).
     strides: stride of `conv1` and of the projection shortcut.
     kernel_init: conv kernel initializer.
+    widths: optional `(conv1, conv2)` output channels overriding `(features, features)`;
+      `conv2`'s is the block's output width.
+    projection: force (True) or forbid (False) the projection shortcut; `None` projects iff
+      the block changes the shape.
   """
 
+  expansion: ClassVar[int] = 1
   features: int
   strides: int = 1
   kernel_init: Initializer = CONV_INIT
+  widths: Sequence[int] | None = None
+  projection: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    y = conv(self.features, 3, strides=self.strides, kernel_init=self.kernel_init, name="conv1")(x)
+    w1, w2 = self.widths or (self.features, self.features)
+    y = conv(w1, 3, strides=self.strides, kernel_init=self.kernel_init, name="conv1")(x)
     y = nn.relu(batch_norm(train, name="bn1")(y))
-    y = conv(self.features, 3, kernel_init=self.kernel_init, name="conv2")(y)
+    y = conv(w2, 3, kernel_init=self.kernel_init, name="conv2")(y)
     y = batch_norm(train, name="bn2")(y)
-    return nn.relu(y + _shortcut(x, self.features, self.strides, self.kernel_init, train))
+    shortcut = _shortcut(x, w2, self.strides, self.kernel_init, train, self.projection)
+    return nn.relu(y + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -80,22 +109,29 @@ class Bottleneck(nn.Module):
     features: bottleneck width; the block outputs `4 * features` channels.
     strides: stride of `conv2` and of the projection shortcut.
     kernel_init: conv kernel initializer.
+    widths: optional `(conv1, conv2, conv3)` output channels overriding
+      `(features, features, 4 * features)`; `conv3`'s is the block's output width.
+    projection: as in `BasicBlock`.
   """
 
+  expansion: ClassVar[int] = 4
   features: int
   strides: int = 1
   kernel_init: Initializer = CONV_INIT
+  widths: Sequence[int] | None = None
+  projection: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    out_features = 4 * self.features
-    y = conv(self.features, 1, kernel_init=self.kernel_init, name="conv1")(x)
+    w1, w2, w3 = self.widths or (self.features, self.features, self.expansion * self.features)
+    y = conv(w1, 1, kernel_init=self.kernel_init, name="conv1")(x)
     y = nn.relu(batch_norm(train, name="bn1")(y))
-    y = conv(self.features, 3, strides=self.strides, kernel_init=self.kernel_init, name="conv2")(y)
+    y = conv(w2, 3, strides=self.strides, kernel_init=self.kernel_init, name="conv2")(y)
     y = nn.relu(batch_norm(train, name="bn2")(y))
-    y = conv(out_features, 1, kernel_init=self.kernel_init, name="conv3")(y)
+    y = conv(w3, 1, kernel_init=self.kernel_init, name="conv3")(y)
     y = batch_norm(train, name="bn3")(y)
-    return nn.relu(y + _shortcut(x, out_features, self.strides, self.kernel_init, train))
+    shortcut = _shortcut(x, w3, self.strides, self.kernel_init, train, self.projection)
+    return nn.relu(y + shortcut)
 
 
 class ResNet(nn.Module):
@@ -120,6 +156,9 @@ class ResNet(nn.Module):
     block_cls: `BasicBlock` or `Bottleneck`.
     stem: 'cifar' (small inputs: CIFAR, Tiny-ImageNet) or 'imagenet' (224x224 inputs).
     kernel_init: conv kernel initializer; the head uses the Flax Dense default.
+    stem_width: optional output channels of `stem_conv` (default `stage_features[0]`).
+    block_widths: optional per-block conv widths, one `widths` tuple (see `BasicBlock`,
+      `Bottleneck`) per block in order `stage1_block0, stage1_block1, ...`.
   """
 
   num_classes: int
@@ -128,11 +167,18 @@ class ResNet(nn.Module):
   block_cls: type[BasicBlock] | type[Bottleneck] = BasicBlock
   stem: Literal["cifar", "imagenet"] = "cifar"
   kernel_init: Initializer = CONV_INIT
+  stem_width: int | None = None
+  block_widths: Sequence[Sequence[int]] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Returns logits `[batch, num_classes]`; `train` selects batch vs. running BN statistics."""
-    width = self.stage_features[0]
+    n_blocks_total = sum(self.stage_sizes)
+    if self.block_widths is not None and len(self.block_widths) != n_blocks_total:
+      raise ValueError(
+          f"block_widths has {len(self.block_widths)} entries for {n_blocks_total} blocks."
+      )
+    width = self.stem_width or self.stage_features[0]
     if self.stem == "cifar":
       x = conv(width, 3, kernel_init=self.kernel_init, name="stem_conv")(x)
       x = nn.relu(batch_norm(train, name="stem_bn")(x))
@@ -142,13 +188,19 @@ class ResNet(nn.Module):
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     else:
       raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+    nominal_in, i = self.stage_features[0], 0  # channels entering the block, unpruned
     for s, (n_blocks, features) in enumerate(zip(self.stage_sizes, self.stage_features)):
       for b in range(n_blocks):
         strides = 2 if s > 0 and b == 0 else 1
+        nominal_out = self.block_cls.expansion * features
         block = self.block_cls(
-            features, strides=strides, kernel_init=self.kernel_init, name=f"stage{s + 1}_block{b}"
+            features, strides=strides, kernel_init=self.kernel_init,
+            widths=None if self.block_widths is None else tuple(self.block_widths[i]),
+            projection=strides != 1 or nominal_in != nominal_out,
+            name=f"stage{s + 1}_block{b}",
         )
         x = block(x, train=train)
+        nominal_in, i = nominal_out, i + 1
     return nn.Dense(self.num_classes, name="head")(global_avg_pool(x))
 
 
