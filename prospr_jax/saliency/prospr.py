@@ -114,23 +114,13 @@ def k_step_loss(
   return loss_fn(theta, state, batches[-1])[0]
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "first_order", "remat"))
-def meta_gradient(
-    c: PyTree,
-    params: PyTree,
-    state: PyTree,
-    batches: Sequence[PyTree],
-    *,
-    loss_fn: StatefulLossFn,
-    optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
-    first_order: bool = False,
-    remat: bool = False,
-) -> PyTree:
-  """Jitted `∂ k_step_loss / ∂c` (signed, same shapes as `c`). Compiles once per static setup."""
-  return jax.grad(k_step_loss)(
-      c, params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
-      first_order=first_order, remat=remat,
-  )
+meta_gradient = jax.jit(
+    jax.grad(k_step_loss), static_argnames=("loss_fn", "optimizer", "first_order", "remat")
+)
+"""Jitted `∂ k_step_loss / ∂c` (signed, shaped like `c`); same arguments as `k_step_loss`.
+
+Compiles once per static setup (`loss_fn`, `optimizer`, `first_order`, `remat`, number of
+batches, shapes)."""
 
 
 def prospr_scores(
