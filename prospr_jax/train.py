@@ -249,6 +249,33 @@ def restore_checkpoint(
   return restored.state, restored.meta
 
 
+def _restore_latest(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: PyTree,
+    schedule: optax.Schedule,
+    workdir: str,
+    manager: ocp.CheckpointManager,
+) -> tuple[TrainState, dict[str, Any]]:
+  """The latest checkpointed state of the run in `workdir` and its metadata."""
+  # The saved masks give the template its mask shapes (per-channel masks are not full-size).
+  saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
+  template = create_train_state(config, model, variables, saved_masks, schedule)
+  return restore_checkpoint(manager, template)
+
+
+def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainState]:
+  """The config, model and latest checkpointed train state of a run written to `workdir`."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  model = models.get_model(config.model, info.num_classes)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *info.image_shape)), train=False)
+  state, _ = _restore_latest(config, model, variables, optax.constant_schedule(0.0), workdir,
+                             checkpoint_manager(workdir))
+  return config, model, state
+
+
 def _write_summaries(writer: tensorboard.SummaryWriter, step: int, values: dict[str, float]) -> None:
   for tag, value in values.items():
     writer.scalar(tag, value, step)
@@ -295,10 +322,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = create_train_state(config, model, variables, masks, schedule)
     masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
   else:
-    # The saved masks give the template its mask shapes (per-channel masks are not full-size).
-    saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
-    template = create_train_state(config, model, variables, saved_masks, schedule)
-    state, meta = restore_checkpoint(manager, template)
+    state, meta = _restore_latest(config, model, variables, schedule, workdir, manager)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   density = masks_lib.density_summary(state.masks, state.params, filter_fn)
   logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import test as test_config
 from prospr_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,17 +46,9 @@ def _command(workdir, data_dir):
 
 
 def _final_params(workdir):
-  config = test_config.get_config()
-  model = train.models.get_model(config.model, 10)
-  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32),
-                         train=False)
-  template = train.create_train_state(
-      config, model, variables, jax.tree.map(lambda p: np.ones(p.shape, bool),
-                                             variables["params"]),
-      train.learning_rate_schedule(config.train, 20))
-  manager = train.checkpoint_manager(str(workdir))
-  assert manager.latest_step() == 40
-  return train.restore_checkpoint(manager, template)[0].params
+  _, _, state = train.load_run(str(workdir))
+  assert int(state.step) == 40
+  return state.params
 
 
 def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path):

@@ -24,17 +24,6 @@ def _config(data_dir, **prune):
   return config
 
 
-def _final_state(config, workdir):
-  """The train state of the latest checkpoint in `workdir`."""
-  info_model = train.models.get_model(config.model, 10)
-  variables = info_model.init(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32),
-                              train=False)
-  template = train.create_train_state(
-      config, info_model, variables, pj.ones_masks(variables["params"], dtype=bool),
-      train.learning_rate_schedule(config.train, 10))
-  return train.restore_checkpoint(train.checkpoint_manager(workdir), template)[0]
-
-
 def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(tmp_path, data_dir):
   config = _config(data_dir)
   workdir = str(tmp_path / "run")
@@ -48,7 +37,7 @@ def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(tmp_path, 
   assert set(on_disk) >= {"config", "best_test_top1", "density", "prune_seconds",
                           "train_seconds", "history"}
 
-  state = _final_state(config, workdir)
+  state = train.load_run(workdir)[2]
   masks = pj.load_masks(os.path.join(workdir, "masks.npz"), state.params)
   n = 784 * 300 + 300 * 100 + 100 * 10  # LeNet-300-100 kernels
   kept = sum(int(m.sum()) for path, m in jax.tree_util.tree_leaves_with_path(masks)
