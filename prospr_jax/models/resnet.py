@@ -64,7 +64,17 @@ def _shortcut(
   return batch_norm(train, name="shortcut_bn")(x)
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+  """Fields shared by `BasicBlock` and `Bottleneck` (documented there)."""
+
+  features: int
+  strides: int = 1
+  kernel_init: Initializer = CONV_INIT
+  widths: Sequence[int] | None = None
+  projection: bool | None = None
+
+
+class BasicBlock(_ResidualBlock):
   """Two 3x3 conv-BN layers with a residual connection: `[B, H, W, C] -> [B, H/s, W/s, features]`.
 
   Computes `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, `conv1` carrying the
@@ -81,11 +91,6 @@ class BasicBlock(nn.Module):
   """
 
   expansion: ClassVar[int] = 1
-  features: int
-  strides: int = 1
-  kernel_init: Initializer = CONV_INIT
-  widths: Sequence[int] | None = None
-  projection: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -98,7 +103,7 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
   """1x1-3x3-1x1 bottleneck with a residual connection: `[B, H, W, C] -> [B, H/s, W/s, 4 * features]`.
 
   Computes `relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))` with
@@ -115,11 +120,6 @@ class Bottleneck(nn.Module):
   """
 
   expansion: ClassVar[int] = 4
-  features: int
-  strides: int = 1
-  kernel_init: Initializer = CONV_INIT
-  widths: Sequence[int] | None = None
-  projection: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
