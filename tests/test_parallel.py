@@ -27,7 +27,12 @@ def _env(**extra):
 def test_four_devices_give_the_masks_and_step_of_one_device():
   proc = subprocess.run(
       [sys.executable, str(ROOT / "tests" / "multi_device_check.py")],
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      # Generous collective timeouts: on a loaded 2-core machine one of the 4 host "devices"
+      # can reach an all-reduce long after the others, and XLA:CPU aborts the process when a
+      # rendezvous waits past its (short) default termination timeout.
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"
+                         " --xla_cpu_collective_timeout_seconds=900"
+                         " --xla_cpu_collective_call_terminate_timeout_seconds=900"),
       capture_output=True, text=True, timeout=600,
   )
   assert proc.returncode == 0, proc.stderr[-3000:]
