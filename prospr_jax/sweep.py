@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
 
@@ -236,6 +237,10 @@ def run_sweep(
                         time.perf_counter() - start)
       summary.failed.append(point)
       continue
+    finally:
+      # Each run compiles its own programs; without this, ~100 runs in one process exhausted
+      # memory for XLA:CPU's JIT-compiled code ("LLVM compilation error: Cannot allocate memory").
+      jax.clear_caches()
     summary.ran.append(point)
     write_collection(root)
     logging.info("done %s: final test top-1 %s in %.1f s.", point,
