@@ -96,7 +96,7 @@ def make_setup(
   """Initializes `model_name` and draws `num_batches` random `{'image', 'label'}` batches."""
   model = models.get_model(model_name, num_classes)
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-  variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+  variables = models.init_variables(model, init_key, tuple(input_shape))
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
   batches = [_random_batch(key, batch_size, input_shape, num_classes)

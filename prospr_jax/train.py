@@ -270,7 +270,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
     config = ml_collections.ConfigDict(json.load(f))
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
   model = models.get_model(config.model, info.num_classes)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *info.image_shape)), train=False)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state, _ = _restore_latest(config, model, variables, optax.constant_schedule(0.0), workdir,
                              checkpoint_manager(workdir))
   return config, model, state
@@ -303,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
   model = models.get_model(config.model, info.num_classes)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = model.init(init_key, jnp.zeros((1, *info.image_shape), jnp.float32), train=False)
+  variables = models.init_variables(model, init_key, info.image_shape)
   variables = parallel.replicate(variables, mesh)
   steps_per_epoch = info.num_train // (tc.batch_size * jax.process_count())
   if tc.steps_per_epoch > 0:

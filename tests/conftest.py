@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny models and batches, and float64 mode for exact-math checks."""
+"""Shared fixtures: tiny models and batches, float64 mode, and one prepared Fashion-MNIST."""
+
+import fcntl
+import os
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -12,6 +16,25 @@ def x64():
   """Runs the test with 64-bit floats enabled (finite differences need them)."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_data_dir(tmp_path_factory) -> str:
+  """A TFDS data_dir holding `fashion_mnist_local`, prepared once for the whole test session.
+
+  Preparing the records from Debian's IDX files takes ~10-20 s; every pytest-xdist worker
+  shares one copy (prepared under a file lock in the session's common temporary directory).
+  Tests only read it.
+  """
+  from prospr_jax.data import get_dataset_info  # pylint: disable=g-import-not-at-top (TF)
+
+  base = tmp_path_factory.getbasetemp()
+  # Under pytest-xdist each worker's base directory sits in the session's common one.
+  root = pathlib.Path(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+  with open(root / "fashion_mnist_tfds.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    get_dataset_info("fashion_mnist", str(root / "fashion_mnist_tfds"))
+  return str(root / "fashion_mnist_tfds")
 
 
 def mlp_apply(params, x):

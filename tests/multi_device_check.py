@@ -4,9 +4,18 @@ Prints one JSON object: for ProsPr, SNIP and GraSP whether the masks computed fr
 sharded over 4 devices equal those from the same batches on 1 device; the largest ProsPr score
 difference and over how many devices the sharded scores lie; the largest param difference
 after one training step and over how many devices it ran.
+
+Usage: `multi_device_check.py [WATCHDOG_SECONDS]`. If the check has not finished after
+WATCHDOG_SECONDS, it prints every thread's Python stack to stderr and exits with
+`WATCHDOG_EXIT_CODE`. Every computation is waited for before the next is dispatched, so at
+most one multi-device program is in flight.
 """
 
+import faulthandler
 import json
+import os
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +25,21 @@ import optax
 import prospr_jax as pj
 from prospr_jax import models, parallel, train
 from prospr_jax.adapters import LinenLoss
+
+
+WATCHDOG_EXIT_CODE = 75
+
+
+def _start_watchdog(seconds: float) -> None:
+  """After `seconds`, dumps all threads' stacks to stderr and exits with WATCHDOG_EXIT_CODE."""
+  def fire():
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    os._exit(WATCHDOG_EXIT_CODE)
+
+  timer = threading.Timer(seconds, fire)
+  timer.daemon = True
+  timer.start()
 
 
 def _max_abs_diff(a, b) -> float:
@@ -28,6 +52,9 @@ def _num_devices(tree) -> int:
 
 
 def main() -> None:
+  if len(sys.argv) > 1:
+    _start_watchdog(float(sys.argv[1]))
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
   assert jax.device_count() == 4, jax.devices()
   mesh = parallel.data_mesh()
   one_device = jax.devices()[0]
@@ -40,7 +67,7 @@ def main() -> None:
   rng = np.random.default_rng(0)
   batches = [{"image": rng.normal(size=(16, 12, 12, 1)).astype(np.float32),
               "label": rng.integers(0, 10, 16).astype(np.int32)} for _ in range(4)]
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 1)), train=False)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (12, 12, 1))
   state = {"batch_stats": variables["batch_stats"]}
   out = {}
   for method, num_batches, options in [("prospr", 4, {"num_steps": 3}), ("snip", 2, {}),

@@ -26,14 +26,6 @@ def _idx_test_split() -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-@pytest.fixture(scope="module")
-def fmnist_data_dir(tmp_path_factory) -> str:
-  """A data_dir with `fashion_mnist_local` prepared from the Debian IDX files."""
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  get_dataset_info("fashion_mnist", data_dir)
-  return data_dir
-
-
 def _fake_prepared(name: str, data_dir: pathlib.Path, sizes: dict[str, int]) -> None:
   """Writes the metadata of a prepared `name` (no records): for `mock_data`."""
   builder = tfds.builder(name, data_dir=str(data_dir))
@@ -44,17 +36,17 @@ def _fake_prepared(name: str, data_dir: pathlib.Path, sizes: dict[str, int]) -> 
 
 
 @needs_fmnist
-def test_fashion_mnist_info(fmnist_data_dir):
-  info = get_dataset_info("fashion_mnist", fmnist_data_dir)
+def test_fashion_mnist_info(fashion_mnist_data_dir):
+  info = get_dataset_info("fashion_mnist", fashion_mnist_data_dir)
   assert (info.name, info.num_classes, info.image_shape) == ("fashion_mnist", 10, (28, 28, 1))
   assert (info.num_train, info.num_test) == (60000, 10000)
 
 
 @pytest.fixture(scope="module")
-def fmnist_train(fmnist_data_dir) -> dict[str, list[dict[str, np.ndarray]]]:
+def fmnist_train(fashion_mnist_data_dir) -> dict[str, list[dict[str, np.ndarray]]]:
   """First training batches of three iterators (each one reads the whole split once)."""
   def first(n, batch_size, **kwargs):
-    it = train_batches("fashion_mnist", batch_size=batch_size, data_dir=fmnist_data_dir,
+    it = train_batches("fashion_mnist", batch_size=batch_size, data_dir=fashion_mnist_data_dir,
                        **kwargs)
     return [next(it) for _ in range(n)]
 
@@ -91,8 +83,8 @@ def test_train_batches_are_deterministic(fmnist_train):
 
 
 @needs_fmnist
-def test_fashion_mnist_eval_is_the_whole_test_split(fmnist_data_dir):
-  batches = list(eval_batches("fashion_mnist", batch_size=512, data_dir=fmnist_data_dir))
+def test_fashion_mnist_eval_is_the_whole_test_split(fashion_mnist_data_dir):
+  batches = list(eval_batches("fashion_mnist", batch_size=512, data_dir=fashion_mnist_data_dir))
   assert len(batches) == 20  # ceil(10000 / 512): every batch full, the tail padded.
   images = np.concatenate([b["image"] for b in batches])
   labels = np.concatenate([b["label"] for b in batches])

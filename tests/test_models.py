@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prospr_jax.models import MODEL_NAMES, get_model
+from prospr_jax.models import MODEL_NAMES, get_model, init_variables
 from prospr_jax.models.convnet import max_pool_2x2
 
 MNIST = (28, 28, 1)
@@ -172,7 +172,7 @@ def test_resnet_shortcuts():
 def test_forward_small_models(name, input_shape):
   model = get_model(name, 10)
   x = jax.random.normal(jax.random.key(1), (2, *input_shape))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = init_variables(model, jax.random.key(0), x.shape[1:])
   logits = model.apply(variables, x, train=False)
   assert logits.shape == (2, 10)
   assert np.all(np.isfinite(np.asarray(logits)))
@@ -181,7 +181,7 @@ def test_forward_small_models(name, input_shape):
 def test_resnet20_train_forward_updates_batch_stats():
   model = get_model("resnet20", 10)
   x = jax.random.normal(jax.random.key(1), (2, *CIFAR)) * 3.0 + 1.0
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = init_variables(model, jax.random.key(0), x.shape[1:])
   logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (2, 10)
   old, new = variables["batch_stats"], updates["batch_stats"]
@@ -199,7 +199,7 @@ def test_resnet20_train_forward_updates_batch_stats():
 def test_small_convnet_train_and_eval_forward():
   model = get_model("small_convnet", 10)
   x = jax.random.normal(jax.random.key(1), (4, *MNIST))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = init_variables(model, jax.random.key(0), x.shape[1:])
   logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
   assert logits.shape == (4, 10)
   # momentum 0.9 from the initial running mean 0: new mean = 0.1 * batch mean of conv1's output.

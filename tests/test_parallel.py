@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+import multi_device_check  # tests/ is on sys.path (pytest's rootdir-relative import)
 from prospr_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,17 +25,31 @@ def _env(**extra):
   return env
 
 
-def test_four_devices_give_the_masks_and_step_of_one_device():
-  proc = subprocess.run(
-      [sys.executable, str(ROOT / "tests" / "multi_device_check.py")],
-      # Generous collective timeouts: on a loaded 2-core machine one of the 4 host "devices"
-      # can reach an all-reduce long after the others, and XLA:CPU aborts the process when a
-      # rendezvous waits past its (short) default termination timeout.
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"
-                         " --xla_cpu_collective_timeout_seconds=900"
-                         " --xla_cpu_collective_call_terminate_timeout_seconds=900"),
-      capture_output=True, text=True, timeout=600,
+# 4 host "devices" on a loaded 2-core machine: generous XLA:CPU collective timeouts (one device
+# can reach an all-reduce long after the others, and XLA:CPU aborts a process whose rendezvous
+# waits past its short default), and a watchdog in the check itself that prints every thread's
+# Python stack and exits if it ever hangs.
+_FOUR_DEVICES = ("--xla_force_host_platform_device_count=4 --xla_cpu_collective_timeout_seconds=900"
+                 " --xla_cpu_collective_call_terminate_timeout_seconds=900")
+_CHECK_TIMEOUT_S = 300
+
+
+def _run_multi_device_check() -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, str(ROOT / "tests" / "multi_device_check.py"), str(_CHECK_TIMEOUT_S)],
+      env=_env(XLA_FLAGS=_FOUR_DEVICES), capture_output=True, text=True,
+      timeout=_CHECK_TIMEOUT_S + 60,
   )
+
+
+def test_four_devices_give_the_masks_and_step_of_one_device():
+  proc = _run_multi_device_check()
+  if proc.returncode == multi_device_check.WATCHDOG_EXIT_CODE:
+    # A CI run once saw XLA:CPU's emulated 4-device rendezvous never complete (not reproduced
+    # in hundreds of runs since). A hang is retried once; wrong numbers are never retried.
+    first_stacks = proc.stderr[-6000:]
+    proc = _run_multi_device_check()
+    assert proc.returncode != multi_device_check.WATCHDOG_EXIT_CODE, first_stacks
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["prospr"] and out["snip"] and out["grasp"], out
@@ -44,10 +59,12 @@ def test_four_devices_give_the_masks_and_step_of_one_device():
 
 
 def _command(workdir, data_dir):
+  """Two 20-step epochs of the test config, a checkpoint every 5 steps; magnitude pruning
+  (resuming is what is tested here: it needs no pruning batches and no meta-gradient)."""
   return [sys.executable, str(ROOT / "experiments" / "prune_and_train.py"),
           f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}",
           f"--config.data_dir={data_dir}", "--config.train.num_epochs=2",
-          "--config.train.checkpoint_every_steps=5"]
+          "--config.train.checkpoint_every_steps=5", "--config.prune.method=magnitude"]
 
 
 def _final_params(workdir):
@@ -56,13 +73,16 @@ def _final_params(workdir):
   return state.params
 
 
-def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path):
-  data_dir = tmp_path / "tfds"
+def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path, fashion_mnist_data_dir):
+  data_dir = fashion_mnist_data_dir
   reference, killed = tmp_path / "reference", tmp_path / "killed"
-  subprocess.run(_command(reference, data_dir), env=_env(), check=True, capture_output=True,
+  # The three runs compile the same programs: JAX's persistent cache compiles them once.
+  env = _env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  subprocess.run(_command(reference, data_dir), env=env, check=True, capture_output=True,
                  timeout=600)
 
-  proc = subprocess.Popen(_command(killed, data_dir), env=_env(), stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(_command(killed, data_dir), env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   checkpoints = killed / "checkpoints"
   deadline = time.time() + 300
@@ -72,7 +92,7 @@ def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path):
   proc.wait()
   assert not (killed / "results.json").exists(), "the run ended before it could be killed"
 
-  resumed = subprocess.run(_command(killed, data_dir), env=_env(), capture_output=True,
+  resumed = subprocess.run(_command(killed, data_dir), env=env, capture_output=True,
                            text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resumed from the checkpoint at step" in resumed.stderr

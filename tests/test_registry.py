@@ -9,6 +9,7 @@ from flax import nnx
 
 import prospr_jax as pj
 from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
+from prospr_jax import models
 from prospr_jax.adapters import LinenLoss
 
 
@@ -52,7 +53,7 @@ def test_nan_scores_from_a_diverging_inner_loop_are_an_error():
 def test_linen_model_with_batchnorm_state_is_not_modified():
   model = TinyBNCNN()
   batches = make_batches(jax.random.PRNGKey(2), 4, batch_size=4, shape=(6, 6, 2))
-  variables = model.init(jax.random.PRNGKey(3), batches[0]["image"], train=False)
+  variables = models.init_variables(model, jax.random.PRNGKey(3), (6, 6, 2))
   state = {"batch_stats": variables["batch_stats"]}
   before = jax.tree.map(np.array, state)
   masks = pj.prune("prospr", variables["params"], 0.9, loss_fn=LinenLoss(model),

@@ -1,7 +1,6 @@
 """Sweep resume, chunking and collection (fake and real training); report table and plots."""
 
 import csv
-import importlib
 import json
 import os
 import pathlib
@@ -135,17 +134,7 @@ def test_failed_run_does_not_stop_the_sweep(tmp_path):
   assert set(again.ran) == set(GRID) - set(summary.ran), "failed runs are retried"
 
 
-def _models_available() -> bool:
-  """Whether `prospr_jax.models` (with `get_model`, which training needs) can be imported."""
-  try:
-    return hasattr(importlib.import_module("prospr_jax.models"), "get_model")
-  except ImportError:
-    return False
-
-
-@pytest.mark.skipif(not _models_available(),
-                    reason="prospr_jax.models (with get_model) cannot be imported yet")
-def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch):
+def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch, fashion_mnist_data_dir):
   """Real training on configs/test.py: 'dense' and 'magnitude', then a resume that runs nothing.
 
   Uses `run_sweep`'s default run_fn, so a broken `prospr_jax.train` fails here (not skipped).
@@ -154,10 +143,12 @@ def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch):
   from configs import test as test_config  # pylint: disable=g-import-not-at-top
 
   root = str(tmp_path)
+  config = test_config.get_config()
+  config.data_dir = fashion_mnist_data_dir
   grid = sweep.expand_grid(["magnitude"], [0.9], [0], include_dense=True)
-  first = sweep.run_sweep(test_config.get_config(), root, grid)
+  first = sweep.run_sweep(config, root, grid)
   assert len(first.ran) == 2
-  second = sweep.run_sweep(test_config.get_config(), root, grid)
+  second = sweep.run_sweep(config, root, grid)
   assert not second.ran and len(second.skipped) == 2
   records = {r["method"]: r for r in
              sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))}

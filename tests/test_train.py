@@ -12,9 +12,9 @@ from configs import test as test_config
 from prospr_jax import train
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+@pytest.fixture
+def data_dir(fashion_mnist_data_dir):
+  return fashion_mnist_data_dir
 
 
 def _config(data_dir, **prune):
