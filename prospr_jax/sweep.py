@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+
+from prospr_jax import atomic_files
 
 DENSE = "dense"
 """Method name of the unpruned baseline (same as `prospr_jax.train.DENSE`)."""
@@ -303,18 +304,6 @@ def collect_records(root: str) -> list[dict[str, Any]]:
   return sorted(records, key=lambda r: (r["method"], r["sparsity"], r["seed"], r["workdir"]))
 
 
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  """Calls `write(file)` on a temporary file next to `path`, then renames it onto `path`."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def write_collection(root: str) -> list[dict[str, Any]]:
   """(Re)writes `<root>/all_results.json` and `<root>/all_results.csv`; returns the records."""
   os.makedirs(root, exist_ok=True)
@@ -325,8 +314,8 @@ def write_collection(root: str) -> list[dict[str, Any]]:
     writer.writeheader()
     writer.writerows(records)
 
-  _atomic_write(os.path.join(root, COLLECTION_JSON), lambda f: json.dump(records, f, indent=2))
-  _atomic_write(os.path.join(root, COLLECTION_CSV), write_csv)
+  atomic_files.write_json(os.path.join(root, COLLECTION_JSON), records)
+  atomic_files.atomic_write(os.path.join(root, COLLECTION_CSV), write_csv)
   return records
 
 

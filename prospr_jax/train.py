@@ -21,6 +21,7 @@ from flax.metrics import tensorboard
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from prospr_jax import atomic_files
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
 from prospr_jax import models, parallel, structured
@@ -176,14 +177,6 @@ def prune_at_init(
   )
 
 
-def _write_json_atomically(path: str, obj: Any) -> None:
-  """Writes `obj` as JSON to `path` through a temporary file, so `path` is never half-written."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes `config.json` to `workdir`, refusing a workdir that holds another run's config."""
   os.makedirs(workdir, exist_ok=True)
@@ -198,7 +191,7 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           f"{workdir} holds a run with a different config (differs in {changed}). Use another "
           "--workdir or delete that one."
       )
-  _write_json_atomically(path, current)
+  atomic_files.write_json(path, current)
 
 
 def create_train_state(
@@ -369,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       "num_devices": jax.device_count(),
   }
   if jax.process_index() == 0:
-    _write_json_atomically(os.path.join(workdir, "results.json"), results)
+    atomic_files.write_json(os.path.join(workdir, "results.json"), results)
   return results
 
 

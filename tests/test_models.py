@@ -182,7 +182,8 @@ def test_resnet20_train_forward_updates_batch_stats():
   model = get_model("resnet20", 10)
   x = jax.random.normal(jax.random.key(1), (2, *CIFAR)) * 3.0 + 1.0
   variables = init_variables(model, jax.random.key(0), x.shape[1:])
-  logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  logits, updates = apply(variables, x, train=True, mutable=("batch_stats",))
   assert logits.shape == (2, 10)
   old, new = variables["batch_stats"], updates["batch_stats"]
   assert jax.tree.structure(old) == jax.tree.structure(new)
@@ -191,7 +192,7 @@ def test_resnet20_train_forward_updates_batch_stats():
   changed = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(new))]
   assert all(changed)
   # Eval mode uses running statistics and needs no mutable collection.
-  eval_logits = model.apply(variables, x, train=False)
+  eval_logits = apply(variables, x, train=False)
   assert eval_logits.shape == (2, 10)
   assert not np.allclose(eval_logits, logits)
 
