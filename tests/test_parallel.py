@@ -67,6 +67,13 @@ def _command(workdir, data_dir):
           "--config.train.checkpoint_every_steps=5", "--config.prune.method=magnitude"]
 
 
+def _saved_steps(checkpoints: pathlib.Path) -> list[int]:
+  """Steps of the finished checkpoints in `checkpoints` (orbax writes `<step>/` when done)."""
+  if not checkpoints.is_dir():
+    return []
+  return [int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()]
+
+
 def _final_params(workdir):
   _, _, state = train.load_run(str(workdir))
   assert int(state.step) == 40
@@ -86,7 +93,10 @@ def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path, fashion_mn
                           stderr=subprocess.DEVNULL)
   checkpoints = killed / "checkpoints"
   deadline = time.time() + 300
-  while not (checkpoints / "15").exists() and proc.poll() is None and time.time() < deadline:
+  # Kill once a checkpoint at step >= 15 exists (only the 2 latest are kept, so a slow poll
+  # could miss step 15 itself).
+  while (max(_saved_steps(checkpoints), default=0) < 15 and proc.poll() is None
+         and time.time() < deadline):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
