@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import prospr_jax as pj
-from conftest import make_batches, mlp_apply, mlp_loss, mlp_params
+from conftest import make_batches, mlp_loss, mlp_params
 from prospr_jax.adapters import LinenApply
 from prospr_jax.saliency import grasp, snip, synflow
 

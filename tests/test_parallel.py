@@ -10,7 +10,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 import multi_device_check  # tests/ is on sys.path (pytest's rootdir-relative import)
 from prospr_jax import train
