@@ -44,8 +44,9 @@ def _run_multi_device_check() -> subprocess.CompletedProcess:
 def test_four_devices_give_the_masks_and_step_of_one_device():
   proc = _run_multi_device_check()
   if proc.returncode == multi_device_check.WATCHDOG_EXIT_CODE:
-    # A CI run once saw XLA:CPU's emulated 4-device rendezvous never complete (not reproduced
-    # in hundreds of runs since). A hang is retried once; wrong numbers are never retried.
+    # A CI run (2026-11-25) once saw XLA:CPU's emulated 4-device rendezvous never complete;
+    # a dozen runs since (4 at once, pinned to one core, PJRT_NPROC=1) never hung. A hang is
+    # retried once; wrong numbers are never retried.
     first_stacks = proc.stderr[-6000:]
     proc = _run_multi_device_check()
     assert proc.returncode != multi_device_check.WATCHDOG_EXIT_CODE, first_stacks
