@@ -12,11 +12,6 @@ from configs import test as test_config
 from prospr_jax import train
 
 
-@pytest.fixture
-def data_dir(fashion_mnist_data_dir):
-  return fashion_mnist_data_dir
-
-
 def _config(data_dir, **prune):
   config = test_config.get_config()
   config.data_dir = data_dir
@@ -24,8 +19,9 @@ def _config(data_dir, **prune):
   return config
 
 
-def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(tmp_path, data_dir):
-  config = _config(data_dir)
+def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(
+    tmp_path, fashion_mnist_data_dir):
+  config = _config(fashion_mnist_data_dir)
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(config, workdir)
 
@@ -52,8 +48,8 @@ def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(tmp_path, 
 
 
 @pytest.mark.parametrize("change", [{"model": "lenet5"}, {"prune.sparsity": 0.5}])
-def test_workdir_of_another_run_is_refused(tmp_path, data_dir, change):
-  config = _config(data_dir)
+def test_workdir_of_another_run_is_refused(tmp_path, fashion_mnist_data_dir, change):
+  config = _config(fashion_mnist_data_dir)
   workdir = str(tmp_path / "run")
   train._claim_workdir(config, workdir)
   key, value = next(iter(change.items()))
@@ -71,8 +67,8 @@ def test_workdir_of_another_run_is_refused(tmp_path, data_dir, change):
     ({"prune.method": "prospy"}, "Unknown pruning method 'prospy'"),
     ({"prune.sparsity": 1.2}, r"outside \[0, 1\)"),
 ])
-def test_bad_configs_fail_clearly(tmp_path, data_dir, bad, match):
-  config = _config(data_dir)
+def test_bad_configs_fail_clearly(tmp_path, fashion_mnist_data_dir, bad, match):
+  config = _config(fashion_mnist_data_dir)
   key, value = next(iter(bad.items()))
   target, _, field = key.rpartition(".")
   (config.prune if target == "prune" else config)[field] = value
