@@ -62,7 +62,8 @@ def prunable_paths(tree: PyTree, filter_fn: FilterFn = default_filter) -> list[s
   return [path_str(p) for p, x in leaves if filter_fn(p, x)]
 
 
-def _is_prunable_tree(tree: PyTree, filter_fn: FilterFn) -> PyTree:
+def prunable_tree(tree: PyTree, filter_fn: FilterFn = default_filter) -> PyTree:
+  """A pytree of Python bools with the structure of `tree`: whether `filter_fn` marks each leaf."""
   return jax.tree_util.tree_map_with_path(lambda p, x: bool(filter_fn(p, x)), tree)
 
 

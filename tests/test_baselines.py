@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import prospr_jax as pj
@@ -14,17 +15,51 @@ from prospr_jax.adapters import LinenApply
 from prospr_jax.saliency import grasp, snip, synflow
 
 
-def test_grasp_scores_equal_theta_times_hessian_gradient_from_jax_hessian(x64):
-  params = mlp_params(jax.random.PRNGKey(0), dims=(4, 3, 2), dtype=jnp.float64)
+def _bn_mlp_loss(params, batch):
+  """A tanh MLP with biases and a train-mode BatchNorm (scale, bias) after its first layer."""
+  h = batch["image"] @ params["l1"]["kernel"] + params["l1"]["bias"]
+  h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5) * params["bn"]["scale"] + params["bn"]["bias"]
+  logits = jnp.tanh(h) @ params["l2"]["kernel"] + params["l2"]["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+
+def test_grasp_takes_g_and_hg_over_the_kernels_only_as_its_authors(x64):
+  """θ ⊙ (H_ww g_w) with w the kernels, from `jax.hessian` of the loss of the kernels alone.
+
+  The model has biases and BatchNorm params; taking g and Hg over all params (the earlier,
+  wrong version) changes these scores, which the last assertion checks.
+  """
+  key1, key2, key3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  params = mlp_params(key1, dims=(4, 3, 2), dtype=jnp.float64)
+  params["bn"] = {"scale": 1.0 + 0.3 * jax.random.normal(key2, (3,), jnp.float64),
+                  "bias": 0.2 * jax.random.normal(key3, (3,), jnp.float64)}
   batches = make_batches(jax.random.PRNGKey(1), 2, shape=(4,), num_classes=2,
                          dtype=jnp.float64)
-  flat, unravel = jax.flatten_util.ravel_pytree(params)
-  flat_loss = lambda w, b: mlp_loss(unravel(w), b)
-  g = sum(jax.grad(flat_loss)(flat, b) for b in batches) / 2
-  h = sum(jax.hessian(flat_loss)(flat, b) for b in batches) / 2
+  kernels = (params["l1"]["kernel"], params["l2"]["kernel"])
+  flat, unravel = jax.flatten_util.ravel_pytree(kernels)
+
+  def kernel_loss(w, batch):
+    k1, k2 = unravel(w)
+    return _bn_mlp_loss({**params, "l1": {**params["l1"], "kernel": k1},
+                         "l2": {**params["l2"], "kernel": k2}}, batch)
+
+  g = sum(jax.grad(kernel_loss)(flat, b) for b in batches) / 2
+  h = sum(jax.hessian(kernel_loss)(flat, b) for b in batches) / 2
   expected = flat * (h @ g)
-  got = jax.flatten_util.ravel_pytree(grasp.grasp_scores(mlp_loss, params, batches))[0]
-  np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
+  scores = grasp.grasp_scores(_bn_mlp_loss, params, batches)
+  got = jax.flatten_util.ravel_pytree((scores["l1"]["kernel"], scores["l2"]["kernel"]))[0]
+  np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-14)
+  for leaf in (scores["l1"]["bias"], scores["l2"]["bias"], scores["bn"]["scale"]):
+    assert not np.any(leaf)
+
+  all_flat, all_unravel = jax.flatten_util.ravel_pytree(params)
+  all_loss = lambda w, b: _bn_mlp_loss(all_unravel(w), b)
+  g_all = sum(jax.grad(all_loss)(all_flat, b) for b in batches) / 2
+  h_all = sum(jax.hessian(all_loss)(all_flat, b) for b in batches) / 2
+  all_params_scores = all_unravel(all_flat * (h_all @ g_all))
+  all_params_kernels = jax.flatten_util.ravel_pytree(
+      (all_params_scores["l1"]["kernel"], all_params_scores["l2"]["kernel"]))[0]
+  assert np.max(np.abs(all_params_kernels - expected)) > 1e-3 * np.max(np.abs(expected))
 
 
 def test_grasp_keeps_highest_theta_hg_i_e_removes_highest_paper_score():

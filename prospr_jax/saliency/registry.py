@@ -95,7 +95,10 @@ def _snip(inputs: PruneInputs) -> PyTree:
 @register("grasp", needs=_DATA)
 @_one_shot
 def _grasp(inputs: PruneInputs) -> PyTree:
-  return grasp.grasp_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
+  return grasp.grasp_scores(
+      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
+      filter_fn=inputs.filter_fn,
+  )
 
 
 @register("magnitude", needs=(), structured=True)
