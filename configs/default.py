@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.synflow_rounds = 100
   config.prune.synflow_float64 = True
   config.prune.grasp_temperature = 200.0
+  # Sanity check (Frankle et al. 2021): None, 'shuffle' (permute the kept positions within each
+  # layer), 'reinit' (train the mask from a fresh init) or 'invert' (keep each layer's
+  # lowest-scored weights; one-shot methods). See prospr_jax.sanity.
+  config.prune.sanity_check = ml_collections.FieldReference(None, field_type=str)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 3
@@ -48,5 +52,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 5e-4
   config.train.steps_per_epoch = -1  # -1: one pass over the training split
   config.train.log_every_steps = 100
+  config.train.eval_every_epochs = 1  # test-split evaluation interval (and after the last epoch)
   config.train.checkpoint_every_steps = 500
   return config

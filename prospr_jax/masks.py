@@ -139,7 +139,7 @@ def num_kept(sparsity: float, n: int) -> int:
   return int(round((1.0 - sparsity) * n))
 
 
-def _top_k_mask(flat_scores: jax.Array, k: int) -> np.ndarray:
+def top_k_mask(flat_scores: jax.Array, k: int) -> np.ndarray:
   """Boolean vector keeping the `k` largest scores; ties go to the lower index."""
   order = np.argsort(-np.asarray(flat_scores, np.float64), kind="stable")
   keep = np.zeros(flat_scores.shape[0], bool)
@@ -222,9 +222,9 @@ def masks_from_scores(
     keys = np.concatenate(flats)
     if min_kept_per_layer:
       for start, flat in zip(np.cumsum([0] + sizes[:-1]), flats):
-        top = _top_k_mask(flat, min(min_kept_per_layer, flat.size)) & np.isfinite(flat)
+        top = top_k_mask(flat, min(min_kept_per_layer, flat.size)) & np.isfinite(flat)
         keys[start : start + flat.size][top] = np.inf
-    keep = _top_k_mask(keys, num_kept(sparsity, keys.size))
+    keep = top_k_mask(keys, num_kept(sparsity, keys.size))
     kept_flats = np.split(keep, np.cumsum(sizes)[:-1])
   else:
     densities = (
@@ -233,7 +233,7 @@ def masks_from_scores(
         else erk_densities([np.shape(leaves_with_path[i][1]) for i in prunable], 1.0 - sparsity)
     )
     kept_flats = [
-        _top_k_mask(f, max(int(round(d * f.size)), min_kept_per_layer or 0))
+        top_k_mask(f, max(int(round(d * f.size)), min_kept_per_layer or 0))
         for f, d in zip(flats, densities)
     ]
   if eligible is not None:

@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 from prospr_jax import atomic_files
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
-from prospr_jax import models, parallel, structured
+from prospr_jax import connectivity, models, parallel, provenance, sanity, structured
 from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
 from prospr_jax.saliency import registry
 from prospr_jax.transform import keep_masked
@@ -137,7 +137,8 @@ def prune_at_init(
 ) -> PyTree:
   """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
 
-  With `config.prune.structured`, channel-group masks from `structured.structured_prune`
+  `config.prune.sanity_check == 'invert'` keeps each layer's lowest-scored weights instead
+  (see `prospr_jax.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
   (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
   kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
   are drawn from the training split (no augmentation) with their own seed.
@@ -161,6 +162,9 @@ def prune_at_init(
     batches = [parallel.shard_batch(b, mesh) for b in
                itertools.islice(stream, _num_pruning_batches(pc))]
   if pc.structured:  # coupled channel groups (see prospr_jax.structured)
+    if pc.sanity_check is not None:
+      raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
+                       "with prune.structured=True.")
     return structured.structured_prune(
         pc.method, model, variables, batches, pc.sparsity, key=key,
         min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation,
@@ -173,8 +177,43 @@ def prune_at_init(
       apply_fn=LinenApply(model, state), input_shape=input_shape, key=key,
       filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
       structured=pc.structured, allocation=pc.allocation,
-      min_kept_per_layer=pc.min_kept_per_layer, **_method_options(pc),
+      min_kept_per_layer=pc.min_kept_per_layer, invert=pc.sanity_check == "invert",
+      **_method_options(pc),
   )
+
+
+def find_masks(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: PyTree,
+    input_shape: tuple[int, ...],
+    key: jax.Array,
+    mesh: Mesh,
+) -> tuple[PyTree, dict[str, Any]]:
+  """The masks `train_and_evaluate` trains with, and what it records about finding them.
+
+  Prunes `variables` (`prune_at_init`); with `config.prune.sanity_check == 'shuffle'` the kept
+  positions are then permuted within each layer. Returns the masks and `{'prune_seconds',
+  'connectivity'}`: the wall time of both steps and the masks' effective sparsity and
+  collapsed layers (`prospr_jax.connectivity`, on `variables`).
+  """
+  pc = config.prune
+  start = time.perf_counter()
+  masks = prune_at_init(config, model, variables, input_shape, key, mesh)
+  filter_fn = masks_lib.kernel_filter(exclude=tuple(pc.exclude))
+  if pc.sanity_check == "shuffle":
+    masks = sanity.shuffle_within_layers(masks, jax.random.fold_in(key, 1), filter_fn)
+  masks = jax.block_until_ready(masks)
+  seconds = time.perf_counter() - start
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  full_masks = jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape), masks, params)
+  effective = connectivity.effective_masks(
+      full_masks, params, apply_fn=LinenApply(model, state), input_shape=input_shape,
+      filter_fn=filter_fn,
+  )
+  summary = connectivity.connectivity_summary(full_masks, effective, filter_fn)
+  return masks, {"prune_seconds": seconds, "connectivity": summary}
 
 
 def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -287,6 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   refused. Returns the results dict.
   """
   masks_lib.check_sparsity(config.prune.sparsity)
+  sanity.check_sanity_check(config.prune.sanity_check)
   parallel.initialize_distributed(config.distributed)
   _claim_workdir(config, workdir)
   mesh = parallel.data_mesh()
@@ -296,8 +336,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
   model = models.get_model(config.model, info.num_classes)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = models.init_variables(model, init_key, info.image_shape)
-  variables = parallel.replicate(variables, mesh)
+  variables = parallel.replicate(models.init_variables(model, init_key, info.image_shape), mesh)
+  if config.prune.sanity_check == "reinit":  # train the mask from a fresh initialization
+    train_variables = models.init_variables(model, jax.random.fold_in(init_key, 1),
+                                            info.image_shape)
+    train_variables = parallel.replicate(train_variables, mesh)
+  else:
+    train_variables = variables
   steps_per_epoch = info.num_train // (tc.batch_size * jax.process_count())
   if tc.steps_per_epoch > 0:
     steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
@@ -307,15 +352,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   if manager.latest_step() is None:
-    start = time.perf_counter()
-    masks = jax.block_until_ready(
-        prune_at_init(config, model, variables, info.image_shape, prune_key, mesh)
-    )
-    meta = {"prune_seconds": time.perf_counter() - start, "train_seconds": 0.0, "history": []}
-    state = create_train_state(config, model, variables, masks, schedule)
+    masks, meta = find_masks(config, model, variables, info.image_shape, prune_key, mesh)
+    meta |= {"train_seconds": 0.0, "history": []}
+    state = create_train_state(config, model, train_variables, masks, schedule)
     masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
   else:
-    state, meta = _restore_latest(config, model, variables, schedule, workdir, manager)
+    state, meta = _restore_latest(config, model, train_variables, schedule, workdir, manager)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   density = masks_lib.density_summary(state.masks, state.params, filter_fn)
   logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",
@@ -339,7 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
                                       "learning_rate": float(schedule(step))})
     if step % steps_per_epoch == 0:
-      history.append(_end_of_epoch(config, state, metrics, mesh, step // steps_per_epoch))
+      epoch = step // steps_per_epoch
+      test = epoch % tc.eval_every_epochs == 0 or epoch == tc.num_epochs
+      history.append(_end_of_epoch(config, state, metrics, mesh, epoch, test))
       _write_summaries(writer, step, {k: v for k, v in history[-1].items() if k != "epoch"})
       tick, metrics = time.perf_counter(), []
     if step % tc.checkpoint_every_steps == 0 or step == tc.num_epochs * steps_per_epoch:
@@ -352,14 +396,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {
       "config": json.loads(config.to_json()),
       "final_test_top1": history[-1]["test_top1"],
-      "best_test_top1": max(h["test_top1"] for h in history),
+      "best_test_top1": max(h["test_top1"] for h in history if "test_top1" in h),
       "final_test_top5": history[-1]["test_top5"] if info.num_classes > 10 else None,
       "density": density,
       "prune_seconds": meta["prune_seconds"],
       "train_seconds": meta["train_seconds"],
+      "connectivity": meta["connectivity"],
       "history": history,
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
+      "provenance": provenance.provenance(),
   }
   if jax.process_index() == 0:
     atomic_files.write_json(os.path.join(workdir, "results.json"), results)
@@ -372,14 +416,19 @@ def _end_of_epoch(
     metrics: list[dict[str, jax.Array]],
     mesh: Mesh,
     epoch: int,
+    test: bool,
 ) -> dict[str, float]:
-  """Evaluates on the test split; returns the epoch's train and test metrics and logs them."""
-  test = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
-      config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)))
+  """The epoch's mean train loss and accuracy and, if `test`, its test-split metrics; logs them."""
   record = {"epoch": epoch,
             "train_loss": float(np.mean([m["loss"] for m in metrics])),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics])),
-            "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"]}
+            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics]))}
+  if not test:
+    logging.info("epoch %d: train loss %.4f", epoch, record["train_loss"])
+    return record
+  result = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
+      config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)))
+  record |= {"test_loss": result["loss"], "test_top1": result["top1"],
+             "test_top5": result["top5"]}
   logging.info("epoch %d: train loss %.4f, test top-1 %.4f, top-5 %.4f", epoch,
                record["train_loss"], record["test_top1"], record["test_top5"])
   return record

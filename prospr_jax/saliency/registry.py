@@ -10,6 +10,7 @@ from typing import Any
 import jax
 
 from prospr_jax import masks as masks_lib
+from prospr_jax import sanity
 from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
 from prospr_jax.saliency.objective import PyTree
 
@@ -35,21 +36,25 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs and whether it scores channels."""
+  """A registered pruning method: what it needs, whether it scores channels, and whether it
+  selects once from one score pytree (`one_shot`) or iterates."""
 
   fn: MethodFn
   needs: tuple[str, ...]
   structured: bool
+  one_shot: bool
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...], structured: bool = False):
+def register(
+    name: str, *, needs: tuple[str, ...], structured: bool = False, one_shot: bool = False
+):
   """Decorator adding a method to `METHODS` under `name`."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, structured)
+    METHODS[name] = Method(fn, needs, structured, one_shot)
     return fn
 
   return add
@@ -75,15 +80,15 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   )
 
 
-register("prospr", needs=_DATA, structured=True)(
+register("prospr", needs=_DATA, structured=True, one_shot=True)(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, structured=True)(
+register("prospr_first_order", needs=_DATA, structured=True, one_shot=True)(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
 
-@register("snip", needs=_DATA, structured=True)
+@register("snip", needs=_DATA, structured=True, one_shot=True)
 @_one_shot
 def _snip(inputs: PruneInputs) -> PyTree:
   return snip.snip_scores(
@@ -92,7 +97,7 @@ def _snip(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("grasp", needs=_DATA)
+@register("grasp", needs=_DATA, one_shot=True)
 @_one_shot
 def _grasp(inputs: PruneInputs) -> PyTree:
   return grasp.grasp_scores(
@@ -101,7 +106,7 @@ def _grasp(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("magnitude", needs=(), structured=True)
+@register("magnitude", needs=(), structured=True, one_shot=True)
 @_one_shot
 def _magnitude(inputs: PruneInputs) -> PyTree:
   return simple.magnitude_scores(
@@ -109,7 +114,7 @@ def _magnitude(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("random", needs=("key",), structured=True)
+@register("random", needs=("key",), structured=True, one_shot=True)
 @_one_shot
 def _random(inputs: PruneInputs) -> PyTree:
   return simple.random_scores(
@@ -150,6 +155,7 @@ def prune(
     structured: bool = False,
     allocation: masks_lib.Allocation = "global",
     min_kept_per_layer: int | None = None,
+    invert: bool = False,
     **options: Any,
 ) -> PyTree:
   """Prunes `params` at initialization with the method registered as `method`.
@@ -169,6 +175,9 @@ def prune(
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
     structured: one mask entry per output channel (methods with `structured=True` only).
     allocation, min_kept_per_layer: see `masks_from_scores`.
+    invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
+      lowest-scored weights, as many as the method would keep there (one-shot methods only;
+      see `prospr_jax.sanity.invert_selection`).
     **options: method options, e.g. `num_steps`, `optimizer`, `remat` (ProsPr),
       `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
 
@@ -187,9 +196,18 @@ def prune(
   if structured and not spec.structured:
     structured_ones = sorted(n for n, m in METHODS.items() if m.structured)
     raise ValueError(f"Method {method!r} has no structured form; use one of {structured_ones}.")
+  if invert and not spec.one_shot:
+    one_shot = sorted(n for n, m in METHODS.items() if m.one_shot)
+    raise ValueError(
+        f"invert=True needs a one-shot method (it inverts one score ranking); {method!r} "
+        f"iterates. Use one of {one_shot}."
+    )
   masks_lib.check_sparsity(sparsity)  # before any expensive scoring
   select = functools.partial(
       masks_lib.masks_from_scores, filter_fn=filter_fn, allocation=allocation,
       min_kept_per_layer=min_kept_per_layer,
   )
+  if invert:
+    chosen = select
+    select = lambda scores, s: sanity.invert_selection(scores, chosen(scores, s), filter_fn)
   return spec.fn(inputs, sparsity, select, **options)
