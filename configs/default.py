@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.min_kept_per_layer = ml_collections.FieldReference(None, field_type=int)
   # Regexes of param paths never pruned (e.g. ('head',) keeps the classifier dense).
   config.prune.exclude = ()
+  # BatchNorm while scoring: 'train' (batch statistics) or 'eval' (running statistics); None:
+  # as the method's authors (prospr_jax.METHODS[method].batchnorm_mode; see docs/methods.md).
+  config.prune.batchnorm_mode = ml_collections.FieldReference(None, field_type=str)
   config.prune.batch_size = 128  # meta-batch size of the pruning step
   config.prune.num_batches = 1  # batches per score for SNIP, GraSP, iterative SNIP, FORCE
   # ProsPr: inner steps and inner optimizer (the authors' code: 3 steps of SGD lr 0.1).

@@ -25,8 +25,9 @@ from prospr_jax import atomic_files
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
 from prospr_jax import connectivity, models, parallel, provenance, sanity, structured
-from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
+from prospr_jax.adapters import LinenApply, LinenLoss, check_batchnorm_mode, cross_entropy
 from prospr_jax.saliency import registry
+from prospr_jax.saliency.objective import BatchNormMode
 from prospr_jax.transform import keep_masked
 
 PyTree = Any
@@ -127,6 +128,16 @@ def _num_pruning_batches(config: ml_collections.ConfigDict) -> int:
   return config.num_batches
 
 
+def scoring_batchnorm_mode(config: ml_collections.ConfigDict) -> BatchNormMode | None:
+  """How BatchNorm runs while `config.method` scores: `config.batchnorm_mode` ('train' or
+  'eval'), or where that is None the mode of the method's authors' code
+  (`METHODS[method].batchnorm_mode`: None for the methods that run no model)."""
+  if config.batchnorm_mode is not None:
+    check_batchnorm_mode(config.batchnorm_mode)
+    return config.batchnorm_mode
+  return registry.METHODS[config.method].batchnorm_mode
+
+
 def prune_at_init(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -141,7 +152,8 @@ def prune_at_init(
   (see `prospr_jax.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
   (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
   kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
-  are drawn from the training split (no augmentation) with their own seed.
+  are drawn from the training split (no augmentation) with their own seed. BatchNorm runs in
+  `scoring_batchnorm_mode(config.prune)` while scoring.
   """
   pc = config.prune
   params = variables["params"]
@@ -161,20 +173,25 @@ def prune_at_init(
     )
     batches = [parallel.shard_batch(b, mesh) for b in
                itertools.islice(stream, _num_pruning_batches(pc))]
+  bn_mode = scoring_batchnorm_mode(pc)
+  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
+  loss_fn = (
+      LinenLoss(model, bn_mode=bn_mode, temperature=temperature) if "loss_fn" in needs else None
+  )
   if pc.structured:  # coupled channel groups (see prospr_jax.structured)
     if pc.sanity_check is not None:
       raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
                        "with prune.structured=True.")
     return structured.structured_prune(
         pc.method, model, variables, batches, pc.sparsity, key=key,
-        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation,
+        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation, loss_fn=loss_fn,
         **_method_options(pc),
     )
-  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
+  apply_fn = LinenApply(model, state, bn_mode=bn_mode) if "apply_fn" in needs else None
   return registry.prune(
       pc.method, params, pc.sparsity,
-      loss_fn=LinenLoss(model, temperature=temperature), batches=batches, state=state,
-      apply_fn=LinenApply(model, state), input_shape=input_shape, key=key,
+      loss_fn=loss_fn, batches=batches, state=state, apply_fn=apply_fn,
+      input_shape=input_shape, key=key,
       filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
       structured=pc.structured, allocation=pc.allocation,
       min_kept_per_layer=pc.min_kept_per_layer, invert=pc.sanity_check == "invert",

@@ -12,7 +12,7 @@ import jax
 from prospr_jax import masks as masks_lib
 from prospr_jax import sanity
 from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.saliency.objective import BatchNormMode, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,25 +36,32 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs, whether it scores channels, and whether it
-  selects once from one score pytree (`one_shot`) or iterates."""
+  """A registered pruning method: what it needs, whether it scores channels, whether it
+  selects once from one score pytree (`one_shot`) or iterates, and the BatchNorm mode its
+  authors' code scores in (`None` for the methods that run no model)."""
 
   fn: MethodFn
   needs: tuple[str, ...]
   structured: bool
   one_shot: bool
+  batchnorm_mode: BatchNormMode | None
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register(
-    name: str, *, needs: tuple[str, ...], structured: bool = False, one_shot: bool = False
+    name: str,
+    *,
+    needs: tuple[str, ...],
+    structured: bool = False,
+    one_shot: bool = False,
+    batchnorm_mode: BatchNormMode | None = None,
 ):
-  """Decorator adding a method to `METHODS` under `name`."""
+  """Decorator adding a method to `METHODS` under `name` (see `Method` for the fields)."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, structured, one_shot)
+    METHODS[name] = Method(fn, needs, structured, one_shot, batchnorm_mode)
     return fn
 
   return add
@@ -80,15 +87,20 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   )
 
 
-register("prospr", needs=_DATA, structured=True, one_shot=True)(
+# BatchNorm modes of the authors' code while scoring (docs/methods.md): mil-ad/prospr calls
+# `net.train()`; SNIP (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a
+# fresh model, in train mode; naver/force never leaves train mode; Synaptic-Flow's `prune_loop`
+# calls `model.eval()` for SynFlow.
+register("prospr", needs=_DATA, structured=True, one_shot=True, batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, structured=True, one_shot=True)(
+register("prospr_first_order", needs=_DATA, structured=True, one_shot=True,
+         batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
 
-@register("snip", needs=_DATA, structured=True, one_shot=True)
+@register("snip", needs=_DATA, structured=True, one_shot=True, batchnorm_mode="eval")
 @_one_shot
 def _snip(inputs: PruneInputs) -> PyTree:
   return snip.snip_scores(
@@ -97,7 +109,7 @@ def _snip(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("grasp", needs=_DATA, one_shot=True)
+@register("grasp", needs=_DATA, one_shot=True, batchnorm_mode="train")
 @_one_shot
 def _grasp(inputs: PruneInputs) -> PyTree:
   return grasp.grasp_scores(
@@ -129,11 +141,15 @@ def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bo
   )
 
 
-register("iterative_snip", needs=_DATA)(functools.partial(_gradual, allow_regrowth=False))
-register("force", needs=_DATA)(functools.partial(_gradual, allow_regrowth=True))
+register("iterative_snip", needs=_DATA, batchnorm_mode="train")(
+    functools.partial(_gradual, allow_regrowth=False)
+)
+register("force", needs=_DATA, batchnorm_mode="train")(
+    functools.partial(_gradual, allow_regrowth=True)
+)
 
 
-@register("synflow", needs=("apply_fn", "input_shape"))
+@register("synflow", needs=("apply_fn", "input_shape"), batchnorm_mode="eval")
 def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
   return synflow.synflow_masks(
       inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
