@@ -80,7 +80,7 @@ def test_library_and_benchmarks_import_no_tensorflow_tfds_or_ml_collections():
   code = """
 import sys
 sys.path.append("experiments")
-import prospr_jax, prospr_jax.training, benchmark
+import prospr_jax, prospr_jax.training, gpu_benchmark  # imports benchmark
 from prospr_jax.saliency.prospr import meta_gradient
 bad = [m for m in ("tensorflow", "tensorflow_datasets", "ml_collections") if m in sys.modules]
 assert not bad, bad
