@@ -18,67 +18,20 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from flax.metrics import tensorboard
-from flax.training import train_state
 from jax.sharding import Mesh
 
 from prospr_jax import atomic_files
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
 from prospr_jax import connectivity, models, parallel, provenance, sanity, structured
-from prospr_jax.adapters import LinenApply, LinenLoss, check_batchnorm_mode, cross_entropy
+from prospr_jax.adapters import LinenApply, LinenLoss, check_batchnorm_mode
 from prospr_jax.saliency import registry
 from prospr_jax.saliency.objective import BatchNormMode
-from prospr_jax.transform import keep_masked
+from prospr_jax.training import TrainState, learning_rate_schedule, make_optimizer, train_step
 
 PyTree = Any
 DENSE = "dense"
 """`config.prune.method` value that trains the unpruned network."""
-
-
-class TrainState(train_state.TrainState):
-  """Params, optimizer state, BatchNorm statistics and the bool mask pytree."""
-
-  batch_stats: PyTree
-  masks: PyTree
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Cosine decay, or step decay x0.1 at `lr_decay_fractions` of training (the paper's)."""
-  total = config.num_epochs * steps_per_epoch
-  if config.lr_schedule == "cosine":
-    return optax.cosine_decay_schedule(config.learning_rate, total)
-  if config.lr_schedule == "step":
-    boundaries = {int(f * total): 0.1 for f in config.lr_decay_fractions}
-    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
-  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; choose 'cosine' or 'step'.")
-
-
-def make_optimizer(
-    config: ml_collections.ConfigDict, schedule: optax.Schedule, masks: PyTree
-) -> optax.GradientTransformation:
-  """keep_masked -> L2 weight decay -> SGD with momentum: pruned weights stay exactly zero."""
-  return optax.chain(
-      keep_masked(masks),
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum or None),
-  )
-
-
-@jax.jit
-def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on `batch`; returns the new state and `{'loss', 'accuracy'}` of the batch."""
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"],
-    )
-    return cross_entropy(logits, batch["label"]), (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return state, {"loss": loss, "accuracy": accuracy}
 
 
 @jax.jit
