@@ -13,10 +13,11 @@ Upstream code (not part of this repository; fetch it yourself):
   * Its VGG is torchvision's `vgg.VGG(vgg.make_layers(cfg, batch_norm=True))` (torchvision
     0.10.1 pinned by the authors). Without torchvision, pass `--torchvision-vgg` with
     `torchvision/models/vgg.py` of github.com/pytorch/vision at commit
-    02196ff416e2ccfe1127d1c1a8745e47afa2fd93 (its `VGG` and `make_layers` are those of 0.10.1);
-    a stub `torchvision.models.vgg` package is built from it.
+    02196ff416e2ccfe1127d1c1a8745e47afa2fd93 (its `VGG` and `make_layers`, layers and
+    `_initialize_weights`, match 0.10.1's; 0.10.1's own `vgg.py` works too): a stub
+    `torchvision.models.vgg` module is built from that file.
 
-Run (PyTorch on CPU is enough, ~1 min):
+Run (PyTorch on CPU is enough, ~2 min):
   python tests/reference/authors_models.py --prospr-dir /path/to/prospr \
       [--torchvision-vgg /path/to/vgg.py] --out tests/reference/authors_models.json
 """
@@ -29,6 +30,7 @@ import json
 import pathlib
 import sys
 import types
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -60,13 +62,16 @@ def install_torchvision_stub(vgg_py: pathlib.Path) -> None:
   sys.modules["torchvision.models"].vgg = vgg
 
 
-def builders(prospr_dir: pathlib.Path) -> dict[str, tuple[callable, int, tuple[int, int, int]]]:
+Builder = Callable[[], nn.Module]
+
+
+def builders(prospr_dir: pathlib.Path) -> dict[str, tuple[Builder, int, tuple[int, int, int]]]:
   """`{config name: (builder, num_classes, input [C, H, W])}` with the authors' code."""
   sys.path.insert(0, str(prospr_dir))
   models = importlib.import_module("models")  # the authors' package
   resnet20 = importlib.import_module("models.resnet20")  # the module, not the function
 
-  def factory(config: str, dataset: str):
+  def factory(config: str, dataset: str) -> Builder:
     return lambda: models.model_factory(config, dataset, disable_auto_patch=False)
 
   cifar, tiny = (3, 32, 32), (3, 64, 64)
@@ -116,16 +121,17 @@ def moments(values: list[np.ndarray]) -> dict[str, float | None]:
           "kurtosis": None if kurtosis is None else round(kurtosis, 5)}
 
 
-def describe(build, num_classes: int, input_chw: tuple[int, ...], init_seeds: int) -> dict:
+def describe(
+    build: Builder, num_classes: int, input_chw: tuple[int, ...], init_seeds: int
+) -> dict:
   """Layers, parameter count, init moments and filled-forward logits of one network."""
   x = torch.from_numpy(model_fill.image((BATCH, *input_chw)))
-  inits = []
+  init_modules = []
   for seed in range(init_seeds):
     torch.manual_seed(seed)
-    inits.append(build())
-  model = inits[0].double().eval()
+    init_modules.append(dict(build().named_modules()))
+  model = build().double().eval()  # every tensor is set by model_fill below
   order = layers_in_call_order(model, x)
-  init_modules = [dict(m.named_modules()) for m in inits]
   layers = []
   for index, (name, module) in enumerate(order):
     params = dict(module.named_parameters(recurse=False))
