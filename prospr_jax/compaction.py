@@ -11,6 +11,9 @@ model's up to float rounding.
 Compacted models are a `VGG` (`config` with the kept widths; a SmallConvNet is the VGG plan
 `SMALL_CONVNET_PLAN`) or a `ResNet` with `stem_width` / `block_widths`. `save` writes the
 architecture as JSON and the variables as Flax msgpack; `load` reads them back.
+
+Not supported (`UnsupportedModelError`): VGGs with conv biases (`vgg16_prospr`) and ResNets
+with zero-padding shortcuts (`resnet20_prospr`), which have no channel groups.
 """
 
 from __future__ import annotations
@@ -46,6 +49,22 @@ _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 _apply_masks = jax.jit(masks_lib.apply_masks)  # one compile instead of one per leaf shape
 
 
+class UnsupportedModelError(ValueError):
+  """The model is of a supported class but with a feature compaction does not handle."""
+
+
+def check_supported(model: nn.Module) -> None:
+  """Raises `UnsupportedModelError` for a conv-bias VGG or a zero-padding-shortcut ResNet."""
+  if isinstance(model, VGG) and model.conv_bias:
+    raise UnsupportedModelError(
+        "Compaction does not support VGGs with conv biases (conv_bias=True, e.g. vgg16_prospr): "
+        "their channel groups would have to slice the biases too.")
+  if isinstance(model, ResNet) and model.shortcut != "projection":
+    raise UnsupportedModelError(
+        f"Compaction does not support ResNets with {model.shortcut!r} shortcuts (e.g. "
+        "resnet20_prospr): a zero-padding shortcut couples only some channels of its block.")
+
+
 def _plan(model: nn.Module) -> tuple[int | str, ...]:
   """The VGG layer plan of a conv-chain model."""
   if isinstance(model, VGG):
@@ -70,7 +89,11 @@ def compact_model(model: nn.Module, widths: Mapping[ParamPath, int]) -> nn.Modul
 
   Returns:
     A `VGG` for conv chains, else a `ResNet` with `stem_width` and `block_widths` set.
+
+  Raises:
+    UnsupportedModelError: see `check_supported`.
   """
+  check_supported(model)
   if isinstance(model, ResNet):
     n_convs = 3 if model.block_cls is Bottleneck else 2
     return model.clone(
@@ -140,8 +163,10 @@ def compact(
     equal to `model.apply({'params': apply_masks(params, masks), ...}, x, train=False)`.
 
   Raises:
+    UnsupportedModelError: see `check_supported`.
     ValueError: if the masks are not channel-group masks or a group keeps no channel.
   """
+  check_supported(model)
   params = _apply_masks(variables["params"], masks)
   groups = structured.derive_groups(params)
   keep = structured.channels_from_masks(params, groups, masks)
@@ -187,8 +212,11 @@ def conv_dense_macs(model: nn.Module, variables: PyTree, input_shape: Sequence[i
 def model_spec(model: nn.Module) -> dict[str, Any]:
   """A JSON-able description of a `VGG`, `SmallConvNet` (as its VGG plan) or `ResNet`.
 
-  A ResNet's `kernel_init` is not stored (it only matters for a fresh `init`).
+  Initializers are not stored (they only matter for a fresh `init`). Raises
+  `UnsupportedModelError` for the models `check_supported` refuses, whose spec would load as
+  a different network.
   """
+  check_supported(model)
   if isinstance(model, ResNet):
     block = next(k for k, v in _BLOCKS.items() if v is model.block_cls)
     return {

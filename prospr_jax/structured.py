@@ -210,6 +210,14 @@ def _resnet_groups(params: Mapping[str, Any]) -> list[ChannelGroup]:
       builder.consume(stream, (name, "shortcut_conv", "kernel"))
       stream = builder.new(_conv_bn((name, "shortcut_conv"), (name, "shortcut_bn")) + out)
     else:
+      widths = block["conv1"]["kernel"].shape[IN_AXIS], get_leaf(params, out[0]).shape[OUT_AXIS]
+      if widths[0] != widths[1]:
+        raise UnknownStructureError(
+            f"'{name}' maps {widths[0]} to {widths[1]} channels without a shortcut_conv: a "
+            "parameter-free (option-A, zero-padding) shortcut, e.g. resnet20_prospr, joins its "
+            "input channels to only some of its output channels, which channel groups cannot "
+            "express. Supported: " + _SUPPORTED
+        )
       builder.join(stream, out)
   builder.consume(stream, ("head", "kernel"))
   return builder.build()
