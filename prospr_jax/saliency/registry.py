@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -35,21 +35,24 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs and whether it scores channels."""
+  """A registered pruning method: what it needs, its option names, whether it scores channels."""
 
   fn: MethodFn
   needs: tuple[str, ...]
+  options: tuple[str, ...]
   structured: bool
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...], structured: bool = False):
-  """Decorator adding a method to `METHODS` under `name`."""
+def register(
+    name: str, *, needs: tuple[str, ...], options: tuple[str, ...] = (), structured: bool = False
+):
+  """Decorator adding a method to `METHODS` under `name`; `options`: its keyword options."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, structured)
+    METHODS[name] = Method(fn, needs, options, structured)
     return fn
 
   return add
@@ -65,6 +68,7 @@ def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
 
 
 _DATA = ("loss_fn", "batches")
+_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
 
 
 def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
@@ -75,10 +79,10 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   )
 
 
-register("prospr", needs=_DATA, structured=True)(
+register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, structured=True)(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, structured=True)(
+register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, structured=True)(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
@@ -124,15 +128,27 @@ def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bo
   )
 
 
-register("iterative_snip", needs=_DATA)(functools.partial(_gradual, allow_regrowth=False))
-register("force", needs=_DATA)(functools.partial(_gradual, allow_regrowth=True))
+register("iterative_snip", needs=_DATA, options=("num_rounds",))(
+    functools.partial(_gradual, allow_regrowth=False)
+)
+register("force", needs=_DATA, options=("num_rounds",))(
+    functools.partial(_gradual, allow_regrowth=True)
+)
 
 
-@register("synflow", needs=("apply_fn", "input_shape"))
+@register("synflow", needs=("apply_fn", "input_shape"), options=("num_rounds", "float64"))
 def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
   return synflow.synflow_masks(
       inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
   )
+
+
+def check_options(method: str, given: Iterable[str], accepted: Sequence[str]) -> None:
+  """Raises ValueError naming the accepted options if `given` holds a name not in `accepted`."""
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    takes = f"its options are {sorted(accepted)}" if accepted else "it takes no options"
+    raise ValueError(f"Method {method!r} has no option(s) {unknown}: {takes}.")
 
 
 def prune(
@@ -169,15 +185,21 @@ def prune(
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
     structured: one mask entry per output channel (methods with `structured=True` only).
     allocation, min_kept_per_layer: see `masks_from_scores`.
-    **options: method options, e.g. `num_steps`, `optimizer`, `remat` (ProsPr),
-      `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
+    **options: the method's options (`METHODS[method].options`): `num_steps`, `optimizer`,
+      `remat` (ProsPr), `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
 
   Returns:
     A bool mask pytree with the structure of `params`.
+
+  Raises:
+    ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
+    TypeError: non-numeric sparsity, params that are not floating point.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
   spec = METHODS[method]
+  check_options(method, options, spec.options)
+  masks_lib.check_float_params(params)
   inputs = PruneInputs(
       params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn, structured
   )
