@@ -70,7 +70,6 @@ def _run(tmp_path, workdir, data_dir, num_processes, devices, *, resume=False, *
         raise AssertionError(f"{workdir.name} hung twice; the second time:\n{hang}") from None
       if not resume:
         shutil.rmtree(workdir, ignore_errors=True)
-  raise AssertionError("unreachable")
 
 
 def _finished_steps(workdir: pathlib.Path) -> list[int]:
