@@ -29,9 +29,10 @@ mean and std (`_MEAN_STD`); data sets without known constants stay in [0, 1].
 
 Multi-host: `train_batches` takes the global batch size and the rows of every
 global batch that this process feeds (`rows`); every process runs the same
-shuffle of the whole split and keeps, decodes and augments only its own rows, so
-a global batch holds the same examples in the same order, with the same
-augmentation, whatever the number of processes. `eval_batches` reads this
+shuffle of the whole split and keeps and augments only its own rows, so a global
+batch holds the same examples in the same order, with the same augmentation,
+whatever the number of processes. Sets small enough to cache in memory are
+decoded once in full; larger ones are decoded only for this process's rows. `eval_batches` reads this
 process's slice of the evaluation split (`tfds.split_for_jax_process`); metrics
 are sums over all examples, so their order does not matter.
 """
@@ -221,8 +222,8 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     num_epochs: passes over the data; `None` repeats forever. Batches run across
       epoch boundaries; only the last incomplete batch is dropped.
     rows: the rows of every global batch that this process yields, e.g.
-      `slice(64, 128)`; `None`: all of them. The other rows are never decoded
-      nor augmented here.
+      `slice(64, 128)`; `None`: all of them. The other rows are not augmented
+      here (nor decoded, for sets too large to cache).
 
   Yields:
     `{'image': float32 [n, H, W, C], 'label': int32 [n]}` numpy arrays, with
