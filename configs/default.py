@@ -7,7 +7,16 @@ def get_config() -> ml_collections.ConfigDict:
   """Every field can be overridden on the command line as `--config.<field>=<value>`."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.distributed = False  # True: jax.distributed.initialize() for multi-host runs
+  # Multi-process runs (one process per host, see the README): enabled=True calls
+  # jax.distributed.initialize() with the fields below that are set; None: detected from the
+  # environment (Cloud TPU, SLURM, Open MPI, ...).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)
+  config.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)
+  config.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
+  # GPU/TPU: the local device ids this process uses, e.g. (0, 1).
+  config.distributed.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
   # Data: a tfds name; 'fashion_mnist' reads Debian's dataset-fashion-mnist files offline.
   config.dataset = "fashion_mnist"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -27,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   # BatchNorm while scoring: 'train' (batch statistics) or 'eval' (running statistics); None:
   # as the method's authors (prospr_jax.METHODS[method].batchnorm_mode; see docs/methods.md).
   config.prune.batchnorm_mode = ml_collections.FieldReference(None, field_type=str)
-  config.prune.batch_size = 128  # meta-batch size of the pruning step
+  config.prune.batch_size = 128  # global meta-batch size of the pruning step
   config.prune.num_batches = 1  # batches per score for SNIP, GraSP, iterative SNIP, FORCE
   # ProsPr: inner steps and inner optimizer (the authors' code: 3 steps of SGD lr 0.1).
   config.prune.num_steps = 3
@@ -46,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 3
-  config.train.batch_size = 128
+  config.train.batch_size = 128  # global (over all processes); divisible by the device count
   config.train.eval_batch_size = 1000
   config.train.learning_rate = 0.1
   config.train.lr_schedule = "cosine"  # 'cosine' or 'step' (x0.1 at the decay_epochs fractions)

@@ -126,10 +126,31 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 
 def check_sparsity(sparsity: float) -> None:
+  """Raises TypeError unless `sparsity` is a real number (not a bool), ValueError unless in [0, 1)."""
+  if np.ndim(sparsity) != 0 or np.asarray(sparsity).dtype.kind not in "iuf":
+    raise TypeError(
+        f"sparsity must be a number in [0, 1), the fraction of prunable weights removed; got "
+        f"{sparsity!r} of type {type(sparsity).__name__}."
+    )
   if not 0.0 <= sparsity < 1.0 or math.isnan(sparsity):
     raise ValueError(
         f"sparsity={sparsity} is outside [0, 1): it is the fraction of prunable weights removed, "
         "e.g. 0.98 keeps 2%."
+    )
+
+
+def check_float_params(params: PyTree) -> None:
+  """Raises TypeError if a leaf of `params` is not a floating-point array (e.g. int or bool)."""
+  bad = [
+      f"'{path_str(path)}' ({jnp.result_type(leaf)})"
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+  ]
+  if bad:
+    raise TypeError(
+        f"Pruning scores floating-point weights; these params are not floating point: "
+        f"{', '.join(bad)}. Cast them first, e.g. "
+        "`jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)`."
     )
 
 

@@ -63,7 +63,7 @@ import optax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenLoss
-from prospr_jax.saliency import objective, prospr, simple, snip
+from prospr_jax.saliency import objective, prospr, registry, simple, snip
 from prospr_jax.saliency.objective import PyTree, StatefulLossFn
 
 ParamPath = tuple[str, ...]
@@ -382,12 +382,17 @@ def _random_scores(inputs: _ScoreInputs) -> dict[str, np.ndarray]:
   }
 
 
-_SCORERS: dict[str, tuple[Callable[..., dict[str, np.ndarray]], tuple[str, ...]]] = {
-    "prospr": (functools.partial(_prospr_scores, first_order=False), ("batches",)),
-    "prospr_first_order": (functools.partial(_prospr_scores, first_order=True), ("batches",)),
-    "snip": (_snip_scores, ("batches",)),
-    "magnitude": (_magnitude_scores, ()),
-    "random": (_random_scores, ("key",)),
+_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
+# method -> (scorer, the `_ScoreInputs` fields it needs, its option names)
+_SCORERS: dict[str, tuple[Callable[..., dict[str, np.ndarray]], tuple[str, ...],
+                          tuple[str, ...]]] = {
+    "prospr": (functools.partial(_prospr_scores, first_order=False), ("batches",),
+               _PROSPR_OPTIONS),
+    "prospr_first_order": (functools.partial(_prospr_scores, first_order=True), ("batches",),
+                           _PROSPR_OPTIONS),
+    "snip": (_snip_scores, ("batches",), ()),
+    "magnitude": (_magnitude_scores, (), ()),
+    "random": (_random_scores, ("key",), ()),
 }
 
 
@@ -428,8 +433,10 @@ def group_scores(
     `{group name: float64 array (size,)}`.
   """
   _check_method(method)
-  scorer, needs = _SCORERS[method]
+  scorer, needs, accepted = _SCORERS[method]
+  registry.check_options(method, options, accepted)
   params = variables["params"]
+  masks_lib.check_float_params(params)
   inputs = _ScoreInputs(
       groups=derive_groups(params) if groups is None else groups,
       params=params,

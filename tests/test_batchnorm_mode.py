@@ -9,7 +9,7 @@ import pytest
 import prospr_jax as pj
 from configs import test as test_config
 from conftest import TinyBNCNN, make_batches
-from prospr_jax import models, parallel, structured, train
+from prospr_jax import models, parallel, prune_config, structured, train
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import registry
 
@@ -101,9 +101,9 @@ def test_a_bad_configured_mode_is_an_error():
   config = test_config.get_config()
   config.prune.batchnorm_mode = "inference"
   with pytest.raises(ValueError, match="Unknown BatchNorm mode 'inference'"):
-    train.scoring_batchnorm_mode(config.prune)
+    prune_config.scoring_batchnorm_mode(config.prune)
   config.prune.update(method="magnitude", batchnorm_mode=None)
-  assert train.scoring_batchnorm_mode(config.prune) is None
+  assert prune_config.scoring_batchnorm_mode(config.prune) is None
 
 
 def test_snip_masks_depend_on_the_mode_on_a_batchnorm_net(setup):

@@ -487,6 +487,16 @@ def test_unsupported_method_is_a_clear_error():
     structured.structured_prune("magnitude", model, variables, None, 1.0)
   with pytest.raises(ValueError, match="allocation 'global' or 'uniform', not 'erk'"):
     structured.structured_prune("magnitude", model, variables, None, 0.5, allocation="erk")
+  with pytest.raises(ValueError, match=r"'snip' has no option\(s\) \['num_steps'\]: it takes no"):
+    structured.structured_prune("snip", model, variables, batch, 0.5, num_steps=1)
+  with pytest.raises(ValueError, match=r"'prospr' has no option\(s\) \['num_stepz'\]: its options"):
+    structured.structured_prune("prospr", model, variables, batch, 0.5, num_stepz=1)
+  with pytest.raises(TypeError, match="sparsity must be a number"):
+    structured.structured_prune("magnitude", model, variables, None, "half")
+  int_variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.int32),
+                                                       variables["params"])}
+  with pytest.raises(TypeError, match="not floating point"):
+    structured.structured_prune("magnitude", model, int_variables, None, 0.5)
 
 
 @pytest.mark.parametrize("tree", [

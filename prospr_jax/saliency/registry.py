@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -36,12 +36,13 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs, whether it scores channels, whether it
-  selects once from one score pytree (`one_shot`) or iterates, and the BatchNorm mode its
-  authors' code scores in (`None` for the methods that run no model)."""
+  """A registered pruning method: what it needs, its option names, whether it scores channels,
+  whether it selects once from one score pytree (`one_shot`) or iterates, and the BatchNorm
+  mode its authors' code scores in (`None` for the methods that run no model)."""
 
   fn: MethodFn
   needs: tuple[str, ...]
+  options: tuple[str, ...]
   structured: bool
   one_shot: bool
   batchnorm_mode: BatchNormMode | None
@@ -54,14 +55,16 @@ def register(
     name: str,
     *,
     needs: tuple[str, ...],
+    options: tuple[str, ...] = (),
     structured: bool = False,
     one_shot: bool = False,
     batchnorm_mode: BatchNormMode | None = None,
 ):
-  """Decorator adding a method to `METHODS` under `name` (see `Method` for the fields)."""
+  """Decorator adding a method to `METHODS` under `name` (see `Method` for the fields);
+  `options`: its keyword options."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, structured, one_shot, batchnorm_mode)
+    METHODS[name] = Method(fn, needs, options, structured, one_shot, batchnorm_mode)
     return fn
 
   return add
@@ -77,6 +80,7 @@ def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
 
 
 _DATA = ("loss_fn", "batches")
+_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
 
 
 def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
@@ -91,11 +95,12 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
 # `net.train()`; SNIP (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a
 # fresh model, in train mode; naver/force never leaves train mode; Synaptic-Flow's `prune_loop`
 # calls `model.eval()` for SynFlow.
-register("prospr", needs=_DATA, structured=True, one_shot=True, batchnorm_mode="train")(
+register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, structured=True, one_shot=True,
+         batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, structured=True, one_shot=True,
-         batchnorm_mode="train")(
+register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, structured=True,
+         one_shot=True, batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
@@ -141,19 +146,28 @@ def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bo
   )
 
 
-register("iterative_snip", needs=_DATA, batchnorm_mode="train")(
+register("iterative_snip", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
     functools.partial(_gradual, allow_regrowth=False)
 )
-register("force", needs=_DATA, batchnorm_mode="train")(
+register("force", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
     functools.partial(_gradual, allow_regrowth=True)
 )
 
 
-@register("synflow", needs=("apply_fn", "input_shape"), batchnorm_mode="eval")
+@register("synflow", needs=("apply_fn", "input_shape"), options=("num_rounds", "float64"),
+          batchnorm_mode="eval")
 def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
   return synflow.synflow_masks(
       inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
   )
+
+
+def check_options(method: str, given: Iterable[str], accepted: Sequence[str]) -> None:
+  """Raises ValueError naming the accepted options if `given` holds a name not in `accepted`."""
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    takes = f"its options are {sorted(accepted)}" if accepted else "it takes no options"
+    raise ValueError(f"Method {method!r} has no option(s) {unknown}: {takes}.")
 
 
 def prune(
@@ -194,15 +208,21 @@ def prune(
     invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
       lowest-scored weights, as many as the method would keep there (one-shot methods only;
       see `prospr_jax.sanity.invert_selection`).
-    **options: method options, e.g. `num_steps`, `optimizer`, `remat` (ProsPr),
-      `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
+    **options: the method's options (`METHODS[method].options`): `num_steps`, `optimizer`,
+      `remat` (ProsPr), `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
 
   Returns:
     A bool mask pytree with the structure of `params`.
+
+  Raises:
+    ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
+    TypeError: non-numeric sparsity, params that are not floating point.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
   spec = METHODS[method]
+  check_options(method, options, spec.options)
+  masks_lib.check_float_params(params)
   inputs = PruneInputs(
       params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn, structured
   )
