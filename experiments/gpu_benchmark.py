@@ -222,6 +222,12 @@ def published_cpu_row(suite: dict[str, Any]) -> dict[str, Any] | None:
           "ref_over_jax": ref_ms / jax_ms if ref_ms and jax_ms else None}
 
 
+def _describe(job: dict[str, Any]) -> str:
+  """A reference job in one line."""
+  keys = ("preset", "batch_size", "kind", "method", "k", "published")
+  return " ".join(f"{k}={job[k]}" for k in keys if k in job)
+
+
 def _cell(value: float | None, fmt: str) -> str:
   return "-" if value is None else format(value, fmt)
 
@@ -250,7 +256,7 @@ def format_summary(suite: dict[str, Any]) -> str:
               f"{_cell(published['ref_over_jax'], '.1f')} x prospr_jax's full ProsPr "
               f"({_cell(published['jax_ms'], '.2f')} ms)"]
   problems = [f"reference: {suite['reference']['error']}"] if suite["reference"]["error"] else []
-  problems += [f"reference job {j}: {j.get('error') or 'skipped (budget)'}"
+  problems += [f"reference {_describe(j)}: {j.get('error') or 'skipped (budget)'}"
                for j in suite["reference"]["jobs"] if "run_ms" not in j]
   problems += [f"prospr_jax {r['preset']} batch {r['batch_size']} remat={r['remat']}: "
                f"{r.get('error') or 'skipped (budget)'}"
@@ -277,15 +283,15 @@ def run_suite(config: SuiteConfig, output_dir: pathlib.Path) -> dict[str, Any]:
   suite = {"config": config.summary(), "jax_version": jax.__version__,
            "reference": run_reference(config, output_dir), "prospr_jax": []}
   suite["device"] = benchmark.device_info()  # JAX takes the accelerator only now
-  for run in jax_plan(list(config.settings), config.batch_sizes):
-    suite["elapsed_s"] = time.perf_counter() - start
-    late = suite["elapsed_s"] > config.budget_s
-    suite["prospr_jax"].append({**run, "skipped": "budget"} if late else run_jax(run, config))
-    write_outputs(suite, output_dir)
-    logging.info("%.0f s: %s", time.perf_counter() - start,
-                 {k: v for k, v in suite["prospr_jax"][-1].items() if k != "results"})
   suite["elapsed_s"] = time.perf_counter() - start
   write_outputs(suite, output_dir)
+  for run in jax_plan(list(config.settings), config.batch_sizes):
+    late = time.perf_counter() - start > config.budget_s
+    suite["prospr_jax"].append({**run, "skipped": "budget"} if late else run_jax(run, config))
+    suite["elapsed_s"] = time.perf_counter() - start
+    write_outputs(suite, output_dir)
+    logging.info("%.0f s: %s", suite["elapsed_s"],
+                 {k: v for k, v in suite["prospr_jax"][-1].items() if k != "results"})
   return suite
 
 
