@@ -30,5 +30,8 @@ timeout --signal=KILL "$HARD_S" "$PYTHON" experiments/gpu_benchmark.py --output_
   --budget_s="$BUDGET_S" --torch_python="${TORCH_PYTHON:-$PYTHON}" "${ARGS[@]}" 2>&1 \
   | tee -a "$OUT/run.log"
 status=${PIPESTATUS[0]}
-[ "$status" = 137 ] && echo "killed at HARD_S=$HARD_S s; partial results in $OUT" | tee -a "$OUT/run.log"
+if [ "$status" = 137 ]; then  # our own hard limit, told apart from the caller's (124/137)
+  echo "killed at HARD_S=$HARD_S s: the results so far are in $OUT" | tee -a "$OUT/run.log"
+  exit 3
+fi
 exit "$status"
