@@ -459,7 +459,7 @@ def test_prune_at_init_uses_structured_prune():
   config = ml_collections.ConfigDict({"prune": {
       "method": "magnitude", "structured": True, "sparsity": 0.5, "min_kept_per_layer": 1,
       "allocation": "global", "exclude": (), "batch_size": 4, "num_batches": 1,
-      "num_steps": 1}})
+      "num_steps": 1, "batchnorm_mode": None, "sanity_check": None}})
   model, shape = MODELS["small_convnet"]()
   variables, _ = _setup(model, shape)
   masks = train.prune_at_init(config, model, variables, shape, jax.random.key(0), mesh=None)
