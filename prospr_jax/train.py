@@ -162,7 +162,8 @@ def prune_at_init(
                itertools.islice(stream, _num_pruning_batches(pc))]
   if pc.structured:  # coupled channel groups (see prospr_jax.structured)
     return structured.structured_prune(
-        pc.method, model, variables, batches, pc.sparsity, key=key,
+        pc.method, model, variables, batches, pc.sparsity,
+        example_input=jax.ShapeDtypeStruct((1, *input_shape), jnp.float32), key=key,
         min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation,
         **_method_options(pc),
     )
@@ -172,7 +173,7 @@ def prune_at_init(
       loss_fn=LinenLoss(model, temperature=temperature), batches=batches, state=state,
       apply_fn=LinenApply(model, state), input_shape=input_shape, key=key,
       filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
-      structured=pc.structured, allocation=pc.allocation,
+      allocation=pc.allocation,
       min_kept_per_layer=pc.min_kept_per_layer, **_method_options(pc),
   )
 

@@ -30,12 +30,6 @@ def test_missing_inputs_are_named():
     pj.prune("random", mlp_params(jax.random.PRNGKey(0)), 0.5)
 
 
-def test_structured_only_where_supported():
-  with pytest.raises(ValueError, match="'grasp' has no structured form"):
-    pj.prune("grasp", mlp_params(jax.random.PRNGKey(0)), 0.5, loss_fn=mlp_loss,
-             batches=make_batches(jax.random.PRNGKey(1), 1), structured=True)
-
-
 def test_bad_sparsity_fails_before_scoring():
   with pytest.raises(ValueError, match="outside"):
     pj.prune("prospr", mlp_params(jax.random.PRNGKey(0)), 1.0, loss_fn=mlp_loss,

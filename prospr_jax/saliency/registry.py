@@ -26,7 +26,6 @@ class PruneInputs:
   input_shape: Sequence[int] | None = None
   key: jax.Array | None = None
   filter_fn: masks_lib.FilterFn = masks_lib.default_filter
-  structured: bool = False
 
 
 MethodFn = Callable[..., PyTree]
@@ -35,21 +34,20 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs and whether it scores channels."""
+  """A registered pruning method and what it needs."""
 
   fn: MethodFn
   needs: tuple[str, ...]
-  structured: bool
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...], structured: bool = False):
+def register(name: str, *, needs: tuple[str, ...]):
   """Decorator adding a method to `METHODS` under `name`."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, structured)
+    METHODS[name] = Method(fn, needs)
     return fn
 
   return add
@@ -70,26 +68,22 @@ _DATA = ("loss_fn", "batches")
 def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   return prospr.prospr_scores(
       inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      structured=inputs.structured, filter_fn=inputs.filter_fn, first_order=first_order,
-      **options,
+      first_order=first_order, **options,
   )
 
 
-register("prospr", needs=_DATA, structured=True)(
+register("prospr", needs=_DATA)(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, structured=True)(
+register("prospr_first_order", needs=_DATA)(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
 
-@register("snip", needs=_DATA, structured=True)
+@register("snip", needs=_DATA)
 @_one_shot
 def _snip(inputs: PruneInputs) -> PyTree:
-  return snip.snip_scores(
-      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      structured=inputs.structured, filter_fn=inputs.filter_fn,
-  )
+  return snip.snip_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
 
 
 @register("grasp", needs=_DATA)
@@ -101,20 +95,16 @@ def _grasp(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("magnitude", needs=(), structured=True)
+@register("magnitude", needs=())
 @_one_shot
 def _magnitude(inputs: PruneInputs) -> PyTree:
-  return simple.magnitude_scores(
-      inputs.params, structured=inputs.structured, filter_fn=inputs.filter_fn
-  )
+  return simple.magnitude_scores(inputs.params)
 
 
-@register("random", needs=("key",), structured=True)
+@register("random", needs=("key",))
 @_one_shot
 def _random(inputs: PruneInputs) -> PyTree:
-  return simple.random_scores(
-      inputs.params, inputs.key, structured=inputs.structured, filter_fn=inputs.filter_fn
-  )
+  return simple.random_scores(inputs.params, inputs.key)
 
 
 def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bool, **options):
@@ -147,7 +137,6 @@ def prune(
     input_shape: Sequence[int] | None = None,
     key: jax.Array | None = None,
     filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
-    structured: bool = False,
     allocation: masks_lib.Allocation = "global",
     min_kept_per_layer: int | None = None,
     **options: Any,
@@ -158,7 +147,7 @@ def prune(
     method: a name in `METHODS`: 'prospr', 'prospr_first_order', 'snip', 'grasp',
       'iterative_snip', 'force', 'synflow', 'magnitude', 'random'.
     params: the initial params.
-    sparsity: fraction of prunable weights (channels if `structured`) removed, in [0, 1).
+    sparsity: fraction of prunable weights removed, in [0, 1).
     loss_fn: `loss_fn(params, batch) -> loss`, or with `state`,
       `loss_fn(params, state, batch) -> (loss, new_state)` (data-dependent methods).
     batches: a batch or a list of batches for data-dependent methods.
@@ -167,7 +156,6 @@ def prune(
     input_shape: one example's input shape (SynFlow).
     key: PRNG key ('random').
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
-    structured: one mask entry per output channel (methods with `structured=True` only).
     allocation, min_kept_per_layer: see `masks_from_scores`.
     **options: method options, e.g. `num_steps`, `optimizer`, `remat` (ProsPr),
       `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
@@ -179,14 +167,11 @@ def prune(
     raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
   spec = METHODS[method]
   inputs = PruneInputs(
-      params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn, structured
+      params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn
   )
   missing = [name for name in spec.needs if getattr(inputs, name) is None]
   if missing:
     raise ValueError(f"Method {method!r} needs {missing}; pass them to prune().")
-  if structured and not spec.structured:
-    structured_ones = sorted(n for n, m in METHODS.items() if m.structured)
-    raise ValueError(f"Method {method!r} has no structured form; use one of {structured_ones}.")
   masks_lib.check_sparsity(sparsity)  # before any expensive scoring
   select = functools.partial(
       masks_lib.masks_from_scores, filter_fn=filter_fn, allocation=allocation,
