@@ -39,8 +39,10 @@ def _noisy(tree: Any, seed: int) -> Any:
   keys = jax.random.split(jax.random.key(seed), len(leaves))
   noisy = []
   for (path, x), k in zip(leaves, keys):
-    x = x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
-    noisy.append(jnp.abs(x) + 0.1 if "var" in masks_lib.path_str(path).split("/") else x)
+    if jnp.issubdtype(x.dtype, jnp.floating):  # not PRNG keys and counts
+      x = x + 0.3 * jax.random.normal(k, x.shape, x.dtype)
+      x = jnp.abs(x) + 0.1 if "var" in masks_lib.path_str(path).split("/") else x
+    noisy.append(x)
   return jax.tree.unflatten(treedef, noisy)
 
 
@@ -96,19 +98,20 @@ def _linen_cnn() -> Case:
 
 
 class NnxCNN(nnx.Module):
-  """An NNX CNN with BatchNorm."""
+  """An NNX CNN with BatchNorm, and dropout (a PRNG key in its state)."""
 
   def __init__(self, rngs: nnx.Rngs):
     self.conv_in = nnx.Conv(3, 6, (3, 3), rngs=rngs)
     self.bn_in = nnx.BatchNorm(6, rngs=rngs)
     self.conv_mid = nnx.Conv(6, 8, (3, 3), use_bias=False, rngs=rngs)
     self.bn_mid = nnx.BatchNorm(8, rngs=rngs)
+    self.drop = nnx.Dropout(0.1, rngs=rngs)
     self.out = nnx.Linear(8, NUM_CLASSES, rngs=rngs)
 
   def __call__(self, x):
     x = nnx.relu(self.bn_in(self.conv_in(x)))
     x = nnx.relu(self.bn_mid(self.conv_mid(x)))
-    return self.out(x.mean(axis=(1, 2)))
+    return self.out(self.drop(x.mean(axis=(1, 2))))
 
 
 def _nnx_case(make: Callable[[], nnx.Module], expected) -> Case:

@@ -77,13 +77,16 @@ def kept_positions(trace: ChannelTrace, removed: np.ndarray, labels: Labels) -> 
   return tuple(out)
 
 
-def _take(x: Any, kept: Kept) -> np.ndarray:
-  """`x` restricted to the kept positions of every axis (on the host)."""
+def _take(x: Any, kept: Kept) -> Any:
+  """`x` restricted to the kept positions of every axis (sliced on the host; `x` itself if
+  nothing is removed, e.g. a PRNG key)."""
+  if all(index is None for index in kept):
+    return x
   x = np.asarray(x)
   for axis, index in enumerate(kept):
     if index is not None:
       x = np.take(x, index, axis=axis)
-  return x
+  return jnp.asarray(x)
 
 
 def _compact_shape(shape: Sequence[int], kept: Kept) -> tuple[int, ...]:
@@ -96,10 +99,8 @@ def slice_leaves(traced: TracedModel, removed: np.ndarray) -> tuple[PyTree, PyTr
   out = []
   for tree, offset in ((traced.params, 0), (traced.state, trace.num_params)):
     leaves, treedef = jax.tree.flatten(tree)
-    sliced = [
-        jnp.asarray(_take(x, kept_positions(trace, removed, trace.leaves[offset + i].atoms)))
-        for i, x in enumerate(leaves)
-    ]
+    sliced = [_take(x, kept_positions(trace, removed, trace.leaves[offset + i].atoms))
+              for i, x in enumerate(leaves)]
     out.append(jax.tree.unflatten(treedef, sliced))
   return tuple(out)
 
@@ -259,7 +260,7 @@ class CompactProgram:
     env: dict[Any, Any] = {}
     for var, const in zip(jaxpr.constvars, consts):
       atoms = self.channels.leaves[self.channels.consts[(site, var)]].atoms
-      env[var] = jnp.asarray(_take(const, kept_positions(self.channels, self.removed, atoms)))
+      env[var] = _take(const, kept_positions(self.channels, self.removed, atoms))
     env.update(zip(jaxpr.invars, args))
     read = lambda v: v.val if isinstance(v, jex.core.Literal) else env[v]
     for i, eqn in enumerate(jaxpr.eqns):

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
@@ -300,7 +301,8 @@ class _Tracer:
     for i, (var, const) in enumerate(zip(jaxpr.constvars, consts)):
       value = self.leaf_value(f"const@{'.'.join(map(str, site))}#{i}", "const", np.shape(const))
       self.consts[(site, var)] = len(self.leaves) - 1
-      env[var] = dataclasses.replace(value, const_zero=not np.any(const))
+      numeric = jnp.issubdtype(jnp.result_type(const), jnp.number)
+      env[var] = dataclasses.replace(value, const_zero=bool(numeric and not np.any(const)))
     env.update(zip(jaxpr.invars, args))
     for i, eqn in enumerate(jaxpr.eqns):
       ins = [self.read(env, v) for v in eqn.invars]
