@@ -1,4 +1,7 @@
-"""ProsPr paper setting: resnet20 on cifar100 (the CIFAR protocol of `cifar10_resnet20.py`)."""
+"""ProsPr paper setting: the authors' ResNet-20 (`resnet20_prospr`) on CIFAR-100.
+
+The CIFAR protocol of `cifar10_resnet20.py`.
+"""
 
 import ml_collections
 
@@ -6,4 +9,4 @@ from configs import cifar10_resnet20
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return cifar10_resnet20.get_config(model="resnet20", dataset="cifar100")
+  return cifar10_resnet20.get_config(model="resnet20_prospr", dataset="cifar100")

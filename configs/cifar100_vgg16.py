@@ -1,4 +1,7 @@
-"""ProsPr paper setting: vgg16 on cifar100 (the CIFAR protocol of `cifar10_resnet20.py`)."""
+"""ProsPr paper setting: the authors' VGG-16 (`vgg16_prospr`) on CIFAR-100.
+
+The CIFAR protocol of `cifar10_resnet20.py`.
+"""
 
 import ml_collections
 
@@ -6,4 +9,4 @@ from configs import cifar10_resnet20
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return cifar10_resnet20.get_config(model="vgg16", dataset="cifar100")
+  return cifar10_resnet20.get_config(model="vgg16_prospr", dataset="cifar100")

@@ -1,5 +1,8 @@
 """ProsPr paper setting: ResNet-20 on CIFAR-10 (200 epochs, batch 256, LR 0.1 x0.1 at 50%/75%).
 
+The network is the authors' (`resnet20_prospr`: option-A shortcuts, 269,722 parameters, their
+init); the paper configs all build the authors' networks (`prospr_jax.models`).
+
 Needs CIFAR-10 prepared for tfds in `config.data_dir` (`tfds build cifar10` on a machine with
 internet). Override the method and sparsity on the command line, e.g.
 `--config.prune.method=snip --config.prune.sparsity=0.982`.
@@ -10,7 +13,9 @@ import ml_collections
 from configs import default
 
 
-def get_config(model: str = "resnet20", dataset: str = "cifar10") -> ml_collections.ConfigDict:
+def get_config(
+    model: str = "resnet20_prospr", dataset: str = "cifar10"
+) -> ml_collections.ConfigDict:
   """The paper's CIFAR protocol for `model` on `dataset` (shared by the other paper configs)."""
   config = default.get_config()
   config.dataset = dataset

@@ -7,7 +7,16 @@ def get_config() -> ml_collections.ConfigDict:
   """Every field can be overridden on the command line as `--config.<field>=<value>`."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.distributed = False  # True: jax.distributed.initialize() for multi-host runs
+  # Multi-process runs (one process per host, see the README): enabled=True calls
+  # jax.distributed.initialize() with the fields below that are set; None: detected from the
+  # environment (Cloud TPU, SLURM, Open MPI, ...).
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  config.distributed.coordinator_address = ml_collections.FieldReference(None, field_type=str)
+  config.distributed.num_processes = ml_collections.FieldReference(None, field_type=int)
+  config.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
+  # GPU/TPU: the local device ids this process uses, e.g. (0, 1).
+  config.distributed.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
   # Data: a tfds name; 'fashion_mnist' reads Debian's dataset-fashion-mnist files offline.
   config.dataset = "fashion_mnist"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
@@ -24,7 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.min_kept_per_layer = ml_collections.FieldReference(None, field_type=int)
   # Regexes of param paths never pruned (e.g. ('head',) keeps the classifier dense).
   config.prune.exclude = ()
-  config.prune.batch_size = 128  # meta-batch size of the pruning step
+  # BatchNorm while scoring: 'train' (batch statistics) or 'eval' (running statistics); None:
+  # as the method's authors (prospr_jax.METHODS[method].batchnorm_mode; see docs/methods.md).
+  config.prune.batchnorm_mode = ml_collections.FieldReference(None, field_type=str)
+  config.prune.batch_size = 128  # global meta-batch size of the pruning step
   config.prune.num_batches = 1  # batches per score for SNIP, GraSP, iterative SNIP, FORCE
   # ProsPr: inner steps and inner optimizer (the authors' code: 3 steps of SGD lr 0.1).
   config.prune.num_steps = 3
@@ -36,10 +48,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.synflow_rounds = 100
   config.prune.synflow_float64 = True
   config.prune.grasp_temperature = 200.0
+  # Sanity check (Frankle et al. 2021): None, 'shuffle' (permute the kept positions within each
+  # layer), 'reinit' (train the mask from a fresh init) or 'invert' (keep each layer's
+  # lowest-scored weights; one-shot methods). See prospr_jax.sanity.
+  config.prune.sanity_check = ml_collections.FieldReference(None, field_type=str)
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 3
-  config.train.batch_size = 128
+  config.train.batch_size = 128  # global (over all processes); divisible by the device count
   config.train.eval_batch_size = 1000
   config.train.learning_rate = 0.1
   config.train.lr_schedule = "cosine"  # 'cosine' or 'step' (x0.1 at the decay_epochs fractions)
@@ -48,5 +64,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 5e-4
   config.train.steps_per_epoch = -1  # -1: one pass over the training split
   config.train.log_every_steps = 100
+  config.train.eval_every_epochs = 1  # test-split evaluation interval (and after the last epoch)
   config.train.checkpoint_every_steps = 500
   return config

@@ -1,4 +1,6 @@
-"""ProsPr paper setting: ResNet-18 (small-input variant) on Tiny-ImageNet (64x64, 200 classes).
+"""ProsPr paper setting: the authors' small-input ResNet-18 (`resnet18_prospr`) on Tiny-ImageNet.
+
+Tiny-ImageNet: 64x64 images, 200 classes.
 
 tfds has no Tiny-ImageNet builder: prepare one under the name `tiny_imagenet` in
 `config.data_dir` (features 'image' and 'label'), or point `config.dataset` at your own.
@@ -10,4 +12,4 @@ from configs import cifar10_resnet20
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return cifar10_resnet20.get_config(model="resnet18", dataset="tiny_imagenet")
+  return cifar10_resnet20.get_config(model="resnet18_prospr", dataset="tiny_imagenet")

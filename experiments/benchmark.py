@@ -1,6 +1,7 @@
 r"""Cost of ProsPr relative to training, measured side by side in one process.
 
   python experiments/benchmark.py                      # small_convnet, batch 128, CPU/GPU/TPU
+  python experiments/benchmark.py --preset=cifar10_resnet20 --remat  # a paper setting, remat
   python experiments/benchmark.py --smoke              # tiny and fast (used by the tests)
   python experiments/benchmark.py --output=docs/benchmark_cpu.json
 
@@ -10,15 +11,19 @@ taking turns so that background load affects them alike; the run time is the med
 of one call with `jax.block_until_ready`. Inputs are synthetic random
 batches (timing and memory do not depend on the data). Reported, as ratios plus absolute ms:
 
-  * full ProsPr saliency (k inner steps) / one jitted masked training step;
+  * full ProsPr saliency (k inner steps; with --remat, `remat=True`) / one jitted masked
+    training step;
   * first-order ProsPr / full ProsPr and SNIP / full ProsPr at the reference k (3, or the
     largest k <= 3 in --ks);
-  * the masked training step (`train.make_optimizer`: keep_masked -> weight decay -> SGD with
-    momentum) / the same chain without keep_masked (dense);
+  * the masked training step (`training.make_optimizer`: keep_masked -> weight decay -> SGD
+    with momentum) / the same chain without keep_masked (dense);
   * the compiled memory of the ProsPr meta-gradient with and without remat for each k in
-    --memory_ks, as ratios to the smallest k, from `Compiled.memory_analysis()`:
-    peak = argument + output + temp - alias bytes (the k + 1 distinct input batches are
-    arguments, so they are included).
+    --memory_ks (none: skipped), as ratios to the smallest k, from
+    `Compiled.memory_analysis()`: peak = argument + output + temp - alias bytes (the k + 1
+    distinct input batches are arguments, so they are included); every timed function's own
+    peak is reported beside its times.
+
+Imports no TensorFlow, tfds or ml-collections: it runs where just jax, flax, optax and absl are.
 """
 
 from __future__ import annotations
@@ -29,31 +34,44 @@ import json
 import os
 import statistics
 import time
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from absl import app, flags
 
 from prospr_jax import masks as masks_lib
-from prospr_jax import models
-from prospr_jax import train
+from prospr_jax import models, training
 from prospr_jax.adapters import LinenLoss
 from prospr_jax.saliency import prospr_scores, snip_scores
 
 PyTree = Any
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10_resnet20": {"model_name": "resnet20", "input_shape": (32, 32, 3), "num_classes": 10},
+    "cifar10_vgg16": {"model_name": "vgg16", "input_shape": (32, 32, 3), "num_classes": 10},
+    "tinyimagenet_resnet18": {"model_name": "resnet18", "input_shape": (64, 64, 3),
+                              "num_classes": 200},
+}
+"""The paper's settings (named like their configs/): `run_benchmark` keyword arguments."""
+
+_PRESET = flags.DEFINE_enum(
+    "preset", None, list(PRESETS), "A paper setting: sets --model, --input_shape, --num_classes."
+)
 _MODEL = flags.DEFINE_string("model", "small_convnet", "A name for prospr_jax.models.get_model.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of every measured function.")
 _INPUT_SHAPE = flags.DEFINE_list("input_shape", ["28", "28", "1"], "Input shape H,W,C.")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", 10, "Number of classes.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per function (median reported).")
 _KS = flags.DEFINE_list("ks", ["1", "3", "10"], "ProsPr inner steps k to time.")
-_MEMORY_KS = flags.DEFINE_list("memory_ks", ["1", "3", "10", "30"], "k for the memory table.")
+_MEMORY_KS = flags.DEFINE_list(
+    "memory_ks", ["1", "3", "10", "30"], "k for the memory table (empty: no table)."
+)
+_REMAT = flags.DEFINE_bool("remat", False, "Time full ProsPr with remat=True.")
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny run: lenet300100, batch 8, 1 repetition, ks 1, memory_ks 1,3."
 )
@@ -63,9 +81,11 @@ SMOKE_SETTINGS = {"model_name": "lenet300100", "batch_size": 8, "repeats": 1, "k
                   "memory_ks": (1, 3)}
 """`run_benchmark` keyword arguments that `--smoke` uses instead of the flags."""
 
-# Training hyperparameters of configs/default.py (the step cost does not depend on their values).
-TRAIN_CONFIG = {"learning_rate": 0.1, "lr_schedule": "cosine", "num_epochs": 1,
-                "lr_decay_fractions": (0.5, 0.75), "momentum": 0.9, "weight_decay": 5e-4}
+TRAIN_CONFIG = types.SimpleNamespace(
+    learning_rate=0.1, lr_schedule="cosine", num_epochs=1, lr_decay_fractions=(0.5, 0.75),
+    momentum=0.9, weight_decay=5e-4,
+)
+"""`training.TrainHyperparams` of configs/default.py (the step cost does not depend on them)."""
 SPARSITY = 0.9
 """Fraction of weights pruned (at random) in the masks of the masked training step."""
 
@@ -159,24 +179,23 @@ def random_masks(params: PyTree, sparsity: float, seed: int = 0) -> PyTree:
   return jax.tree.unflatten(treedef, masks)
 
 
-def dense_optimizer(config: ml_collections.ConfigDict,
+def dense_optimizer(config: training.TrainHyperparams,
                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """`train.make_optimizer`'s chain without its first element, `keep_masked`."""
+  """`training.make_optimizer`'s chain without its first element, `keep_masked`."""
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedule, momentum=config.momentum or None),
   )
 
 
-def train_states(setup: Setup) -> dict[str, train.TrainState]:
+def train_states(setup: Setup) -> dict[str, training.TrainState]:
   """`{'masked': ..., 'dense': ...}` training states of the same model and masked params."""
-  config = ml_collections.ConfigDict(TRAIN_CONFIG)
-  schedule = train.learning_rate_schedule(config, steps_per_epoch=1000)
+  schedule = training.learning_rate_schedule(TRAIN_CONFIG, steps_per_epoch=1000)
   masks = random_masks(setup.params, SPARSITY)
-  optimizers = {"masked": train.make_optimizer(config, schedule, masks),
-                "dense": dense_optimizer(config, schedule)}
+  optimizers = {"masked": training.make_optimizer(TRAIN_CONFIG, schedule, masks),
+                "dense": dense_optimizer(TRAIN_CONFIG, schedule)}
   return {
-      name: train.TrainState.create(
+      name: training.TrainState.create(
           apply_fn=setup.model.apply, params=masks_lib.apply_masks(setup.params, masks),
           tx=tx, batch_stats=setup.state.get("batch_stats", {}), masks=masks)
       for name, tx in optimizers.items()
@@ -214,12 +233,20 @@ def reference_k(ks: Sequence[int]) -> int:
   return max(small) if small else min(ks)
 
 
-def timing_cases(setup: Setup, ks: Sequence[int]) -> dict[str, tuple[Callable[..., Any], tuple]]:
-  """`{name: (jitted function, args)}`: the two training steps, full ProsPr for each k, and
-  first-order ProsPr and SNIP at the reference k."""
-  cases = {f"train_step_{name}": (train.train_step, (state, setup.batches[0]))
+def prospr_name(k: int, remat: bool) -> str:
+  """The name of the full-ProsPr timing case with `k` inner steps."""
+  return f"prospr_k{k}_remat" if remat else f"prospr_k{k}"
+
+
+def timing_cases(
+    setup: Setup, ks: Sequence[int], remat: bool = False
+) -> dict[str, tuple[Callable[..., Any], tuple]]:
+  """`{name: (jitted function, args)}`: the two training steps, full ProsPr (with `remat`) for
+  each k, and first-order ProsPr and SNIP at the reference k."""
+  cases = {f"train_step_{name}": (training.train_step, (state, setup.batches[0]))
            for name, state in train_states(setup).items()}
-  cases |= {f"prospr_k{k}": (prospr_fn(setup, k), prospr_args(setup, k)) for k in ks}
+  cases |= {prospr_name(k, remat): (prospr_fn(setup, k, remat=remat), prospr_args(setup, k))
+            for k in ks}
   k_ref = reference_k(ks)
   cases[f"prospr_first_order_k{k_ref}"] = (
       prospr_fn(setup, k_ref, first_order=True), prospr_args(setup, k_ref))
@@ -227,18 +254,26 @@ def timing_cases(setup: Setup, ks: Sequence[int]) -> dict[str, tuple[Callable[..
   return cases
 
 
-def measure_times(setup: Setup, ks: Sequence[int], repeats: int) -> dict[str, dict[str, float]]:
-  """`{name: {'compile_ms', 'run_ms'}}` for every `timing_cases` entry (see `interleaved_run_ms`)."""
+def measure_times(
+    setup: Setup, ks: Sequence[int], repeats: int, remat: bool = False
+) -> dict[str, dict[str, float]]:
+  """`{name: {'compile_ms', 'run_ms', 'peak_mib'}}` for every `timing_cases` entry (see
+  `interleaved_run_ms`; 'peak_mib' is the compiled function's `memory_stats` peak)."""
   compiled, compile_ms = {}, {}
-  for name, (jitted, args) in timing_cases(setup, ks).items():
+  for name, (jitted, args) in timing_cases(setup, ks, remat).items():
     executable, seconds = compile_fn(jitted, *args)
     compiled[name], compile_ms[name] = (executable, args), 1e3 * seconds
   run_ms = interleaved_run_ms(compiled, repeats)
-  return {name: {"compile_ms": compile_ms[name], "run_ms": run_ms[name]} for name in compiled}
+  return {name: {"compile_ms": compile_ms[name], "run_ms": run_ms[name],
+                 "peak_mib": memory_stats(executable)["peak"] / 2**20}
+          for name, (executable, _) in compiled.items()}
 
 
 def measure_memory(setup: Setup, memory_ks: Sequence[int]) -> dict[str, dict[str, dict]]:
-  """`{'remat'|'no_remat': {str(k): memory stats + 'ratio' to the smallest k}}` (compile only)."""
+  """`{'remat'|'no_remat': {str(k): memory stats + 'ratio' to the smallest k}}` (compile only);
+  `{}` for no `memory_ks`."""
+  if not memory_ks:
+    return {}
   out = {}
   for remat in (False, True):
     table = {str(k): memory_stats(compile_fn(prospr_fn(setup, k, remat=remat),
@@ -251,30 +286,37 @@ def measure_memory(setup: Setup, memory_ks: Sequence[int]) -> dict[str, dict[str
   return out
 
 
-def ratios(times: dict[str, dict[str, float]], ks: Sequence[int]) -> dict[str, float]:
+def ratios(
+    times: dict[str, dict[str, float]], ks: Sequence[int], remat: bool = False
+) -> dict[str, float]:
   """Run-time ratios: ProsPr / masked step per k, first-order and SNIP / ProsPr, masked / dense."""
   run = {name: t["run_ms"] for name, t in times.items()}
   k_ref = reference_k(ks)
-  out = {f"prospr_k{k} / train_step_masked": run[f"prospr_k{k}"] / run["train_step_masked"]
-         for k in ks}
+  out = {f"{prospr_name(k, remat)} / train_step_masked":
+         run[prospr_name(k, remat)] / run["train_step_masked"] for k in ks}
   for name in (f"prospr_first_order_k{k_ref}", "snip"):
-    out[f"{name} / prospr_k{k_ref}"] = run[name] / run[f"prospr_k{k_ref}"]
+    out[f"{name} / {prospr_name(k_ref, remat)}"] = run[name] / run[prospr_name(k_ref, remat)]
   out["train_step_masked / train_step_dense"] = run["train_step_masked"] / run["train_step_dense"]
   return out
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-  """The three targets as `{'name', 'value', 'limit', 'met'}` (value <= limit is met)."""
-  k_ref = results["config"]["reference_k"]
-  memory = results["memory"]["remat"]
-  k_max, k_min = max(memory, key=int), min(memory, key=int)
+  """The targets as `{'name', 'value', 'limit', 'met'}` (value <= limit is met); the memory
+  target only with a memory table."""
+  cfg = results["config"]
+  k_ref = cfg["reference_k"]
   checks = [
       (f"full ProsPr k={k_ref} / masked train step",
-       results["ratios"][f"prospr_k{k_ref} / train_step_masked"], PROSPR_K3_OVER_STEP_MAX),
+       results["ratios"][f"{prospr_name(k_ref, cfg['remat'])} / train_step_masked"],
+       PROSPR_K3_OVER_STEP_MAX),
       ("masked / dense train step", results["ratios"]["train_step_masked / train_step_dense"],
        MASKED_OVER_DENSE_MAX),
-      (f"remat peak memory k={k_max} / k={k_min}", memory[k_max]["ratio"], REMAT_MEMORY_RATIO_MAX),
   ]
+  if results["memory"]:
+    memory = results["memory"]["remat"]
+    k_max, k_min = max(memory, key=int), min(memory, key=int)
+    checks.append((f"remat peak memory k={k_max} / k={k_min}", memory[k_max]["ratio"],
+                   REMAT_MEMORY_RATIO_MAX))
   return [{"name": n, "value": v, "limit": lim, "met": bool(v <= lim)} for n, v, lim in checks]
 
 
@@ -292,30 +334,51 @@ def run_benchmark(
     repeats: int = 5,
     ks: Sequence[int] = (1, 3, 10),
     memory_ks: Sequence[int] = (1, 3, 10, 30),
+    remat: bool = False,
 ) -> dict[str, Any]:
   """Runs every measurement and returns a JSON-serializable results dict.
 
-  Keys: 'device' (see `device_info`), 'config', 'times' (`{name: {'compile_ms', 'run_ms'}}`),
-  'ratios' (`{'a / b': float}`), 'memory' (see `measure_memory`) and 'targets'.
+  Keys: 'device' (see `device_info`), 'config', 'times'
+  (`{name: {'compile_ms', 'run_ms', 'peak_mib'}}`), 'ratios' (`{'a / b': float}`), 'memory'
+  (see `measure_memory`) and 'targets'. `remat` times full ProsPr with `remat=True`.
   """
-  if repeats < 1 or not ks or not memory_ks:
-    raise ValueError("Need repeats >= 1 and non-empty ks and memory_ks.")
+  if repeats < 1 or not ks:
+    raise ValueError("Need repeats >= 1 and non-empty ks.")
   ks, memory_ks = sorted(set(ks)), sorted(set(memory_ks))
   setup = make_setup(model_name, batch_size, input_shape, num_classes,
                      num_batches=max(ks + memory_ks) + 1)
-  times = measure_times(setup, ks, repeats)
+  times = measure_times(setup, ks, repeats, remat)
   results = {
       "device": device_info(),
       "config": {"model": model_name, "batch_size": batch_size, "input_shape": list(input_shape),
                  "num_classes": num_classes, "repeats": repeats, "ks": ks, "memory_ks": memory_ks,
-                 "reference_k": reference_k(ks), "masked_sparsity": SPARSITY,
+                 "remat": remat, "reference_k": reference_k(ks), "masked_sparsity": SPARSITY,
                  "num_params": sum(int(p.size) for p in jax.tree.leaves(setup.params))},
       "times": times,
-      "ratios": ratios(times, ks),
+      "ratios": ratios(times, ks, remat),
       "memory": measure_memory(setup, memory_ks),
   }
   results["targets"] = targets(results)
   return results
+
+
+def _memory_table(memory: dict[str, dict[str, dict]]) -> list[str]:
+  """Lines of the ProsPr meta-gradient memory table of `measure_memory`'s results."""
+  lines = ["ProsPr meta-gradient compiled memory (MiB); peak = argument + output + temp - alias;",
+           "args hold params, state and the k + 1 input batches; ratio = peak / peak at the "
+           "smallest k",
+           f"{'k':>4}" + "".join(f"{h:>11}" for h in
+                                 ("args", "temp", "peak", "ratio", "args(r)", "temp(r)",
+                                  "peak(r)", "ratio(r)")) + "   (r) = remat=True"]
+  mib = 1 / 2**20
+  for k in memory["remat"]:
+    row = [f"{k:>4}"]
+    for variant in ("no_remat", "remat"):
+      s = memory[variant][k]
+      row += [f"{s['argument'] * mib:>11.2f}", f"{s['temp'] * mib:>11.2f}",
+              f"{s['peak'] * mib:>11.2f}", f"{s['ratio']:>11.2f}"]
+    lines.append("".join(row))
+  return lines + [""]
 
 
 def format_report(results: dict[str, Any]) -> str:
@@ -324,26 +387,14 @@ def format_report(results: dict[str, Any]) -> str:
   lines = [f"device: {dev['device']}  kind: {dev['device_kind']}  platform: {dev['platform']}",
            f"model: {cfg['model']} ({cfg['num_params']:,} params)  batch: {cfg['batch_size']}  "
            f"input: {cfg['input_shape']}  repeats: {cfg['repeats']} (median after 1 warm-up)",
-           "", f"{'function':<32}{'compile ms':>12}{'run ms':>12}"]
-  lines += [f"{name:<32}{t['compile_ms']:>12.1f}{t['run_ms']:>12.3f}"
+           "", f"{'function':<32}{'compile ms':>12}{'run ms':>12}{'peak MiB':>12}"]
+  lines += [f"{name:<32}{t['compile_ms']:>12.1f}{t['run_ms']:>12.3f}{t['peak_mib']:>12.2f}"
             for name, t in results["times"].items()]
   lines += ["", f"{'run-time ratio':<50}{'value':>10}"]
   lines += [f"{name:<50}{value:>10.3f}" for name, value in results["ratios"].items()]
-  lines += ["", "ProsPr meta-gradient compiled memory (MiB); peak = argument + output + temp - alias;",
-            "args hold params, state and the k + 1 input batches; ratio = peak / peak at the "
-            "smallest k",
-            f"{'k':>4}" + "".join(f"{h:>11}" for h in
-                                 ("args", "temp", "peak", "ratio", "args(r)", "temp(r)",
-                                  "peak(r)", "ratio(r)")) + "   (r) = remat=True"]
-  mib = 1 / 2**20
-  for k in results["memory"]["remat"]:
-    row = [f"{k:>4}"]
-    for variant in ("no_remat", "remat"):
-      s = results["memory"][variant][k]
-      row += [f"{s['argument'] * mib:>11.2f}", f"{s['temp'] * mib:>11.2f}",
-              f"{s['peak'] * mib:>11.2f}", f"{s['ratio']:>11.2f}"]
-    lines.append("".join(row))
   lines.append("")
+  if results["memory"]:
+    lines += _memory_table(results["memory"])
   lines += [f"target {t['name']}: {t['value']:.3f} <= {t['limit']}: "
             f"{'met' if t['met'] else 'MISSED'}" for t in results["targets"]]
   return "\n".join(lines)
@@ -353,15 +404,25 @@ def _ints(values: Sequence[str]) -> tuple[int, ...]:
   return tuple(int(v) for v in values)
 
 
+def _model_settings() -> dict[str, Any]:
+  """`model_name`, `input_shape` and `num_classes` from --preset, else from their own flags."""
+  own = (_MODEL, _INPUT_SHAPE, _NUM_CLASSES)
+  if _PRESET.value is None:
+    return {"model_name": _MODEL.value, "input_shape": _ints(_INPUT_SHAPE.value),
+            "num_classes": _NUM_CLASSES.value}
+  if any(f.present for f in own):
+    raise app.UsageError("--preset sets --model, --input_shape and --num_classes; give either.")
+  return PRESETS[_PRESET.value]
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  kwargs = {"model_name": _MODEL.value, "batch_size": _BATCH_SIZE.value,
-            "repeats": _REPEATS.value, "ks": _ints(_KS.value), "memory_ks": _ints(_MEMORY_KS.value)}
+  kwargs = {**_model_settings(), "batch_size": _BATCH_SIZE.value, "repeats": _REPEATS.value,
+            "ks": _ints(_KS.value), "memory_ks": _ints(_MEMORY_KS.value), "remat": _REMAT.value}
   if _SMOKE.value:
     kwargs |= SMOKE_SETTINGS
-  results = run_benchmark(input_shape=_ints(_INPUT_SHAPE.value),
-                          num_classes=_NUM_CLASSES.value, **kwargs)
+  results = run_benchmark(**kwargs)
   print(format_report(results))
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)

@@ -2,18 +2,21 @@ r"""Prune a network at initialization, train it, print its test accuracy.
 
   python experiments/prune_and_train.py --config=configs/default.py --workdir=/tmp/prospr \
       --config.prune.method=snip --config.prune.sparsity=0.95
+
+Prints a progress line every `config.train.log_every_steps` steps and a summary at the end;
+the INFO logs of JAX, orbax and tfds are hidden unless `--verbosity=0` (or higher).
 """
 
-import json
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `configs.*` imports
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax import train
+from prospr_jax import progress, prune_config, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where config, masks and results are written.")
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")
@@ -23,17 +26,20 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.set_verbosity(logging.INFO)
-  results = train.train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-  summary = {
-      "method": results["config"]["prune"]["method"],
-      "sparsity": results["density"]["sparsity/total"],
-      "final_test_top1": results["final_test_top1"],
-      "best_test_top1": results["best_test_top1"],
-      "prune_seconds": round(results["prune_seconds"], 2),
-      "train_seconds": round(results["train_seconds"], 1),
-  }
-  print(json.dumps(summary, indent=2))
+  if not flags.FLAGS["verbosity"].present:  # absl's --verbosity: the libraries' logs
+    logging.set_verbosity(logging.WARNING)
+  config = flags.FLAGS.config
+  overrides = config_flags.get_override_values(flags.FLAGS["config"])
+  try:
+    prune_config.check_overrides(
+        config.prune, [k.removeprefix("prune.") for k in overrides if k.startswith("prune.")]
+    )
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  progress.show_on(sys.stderr)
+  results = train.train_and_evaluate(config, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(progress.summary(results, _WORKDIR.value))
 
 
 if __name__ == "__main__":

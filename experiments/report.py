@@ -1,9 +1,14 @@
 r"""Markdown table and plots of a sweep's results (from experiments/sweep.py).
 
   python experiments/report.py --results=/tmp/sweep/all_results.json --output_dir=/tmp/report
+  python experiments/report.py --root=/tmp/sweep --output_dir=/tmp/report
 
-Writes `results_table.md` (final test top-1, mean ± std over seeds, methods x sparsities),
-`accuracy_vs_sparsity.png` and `layer_density.png` (per-layer density at --density_sparsity).
+Writes `results_table.md` (final test top-1, mean ± std over seeds, methods x sparsities; with
+the paired differences against ProsPr, effective density, dense convergence, sanity checks and
+mask-finding times where the results have them), `accuracy_vs_sparsity.png` and
+`layer_density.png` (per-layer density at --density_sparsity). `--root` reads every
+results.json under a sweep directory afresh instead of its all_results.json. Results from more
+than one git commit (or a modified tree) are refused unless --allow_mixed_commits.
 """
 
 from absl import app, flags, logging
@@ -11,23 +16,33 @@ from absl import app, flags, logging
 from prospr_jax import report, sweep
 
 _RESULTS = flags.DEFINE_string("results", None, "all_results.json written by experiments/sweep.py.")
+_ROOT = flags.DEFINE_string("root", None, "A sweep directory: collect its results.json files.")
+_ALLOW_MIXED = flags.DEFINE_bool(
+    "allow_mixed_commits", False, "Report results made by different code versions together.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the table and plots are written.")
 _DENSITY_SPARSITY = flags.DEFINE_float(
     "density_sparsity", None, "Sparsity of the per-layer density plot (default: the highest).")
 _EXPECTED_SEEDS = flags.DEFINE_integer(
     "expected_seeds", None, "Seeds per full cell (default: distinct seeds in the results).")
-flags.mark_flags_as_required(["results", "output_dir"])
+flags.mark_flags_as_required(["output_dir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  records = sweep.load_collection(_RESULTS.value)
+  if (_RESULTS.value is None) == (_ROOT.value is None):
+    raise app.UsageError("Give exactly one of --results and --root.")
+  source = _RESULTS.value or _ROOT.value
+  records = (sweep.load_collection(source) if _RESULTS.value
+             else sweep.collect_records(_ROOT.value))
   if not records:
-    raise app.UsageError(f"{_RESULTS.value} holds no results.")
-  paths = report.write_report(records, _OUTPUT_DIR.value, _DENSITY_SPARSITY.value,
-                              _EXPECTED_SEEDS.value)
+    raise app.UsageError(f"{source} holds no results.")
+  try:
+    paths = report.write_report(records, _OUTPUT_DIR.value, _DENSITY_SPARSITY.value,
+                                _EXPECTED_SEEDS.value, _ALLOW_MIXED.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   for path in paths:
     logging.info("Wrote %s", path)
   with open(paths[0]) as f:

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import optax
 
+from prospr_jax.saliency.objective import BATCHNORM_MODES, BatchNormMode
+
 PyTree = Any
 
 
@@ -21,42 +23,62 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def check_batchnorm_mode(bn_mode: str) -> None:
+  if bn_mode not in BATCHNORM_MODES:
+    raise ValueError(f"Unknown BatchNorm mode {bn_mode!r}; choose one of {BATCHNORM_MODES}.")
+
+
+def apply_linen(
+    model: nn.Module, params: PyTree, state: PyTree, x: jax.Array, bn_mode: BatchNormMode
+) -> tuple[jax.Array, PyTree]:
+  """`(model outputs, new state)` of `model` on `x` with BatchNorm in `bn_mode`.
+
+  'train': BatchNorm uses the statistics of `x`, and the state's collections (e.g.
+  `batch_stats`) come back updated; 'eval': the running statistics in `state` are used and
+  `state` comes back as it is. `state` itself is never modified.
+  """
+  variables = {"params": params, **state}
+  if bn_mode == "train" and state:
+    return model.apply(variables, x, train=True, mutable=list(state))
+  return model.apply(variables, x, train=bn_mode == "train"), state
+
+
 @dataclasses.dataclass(frozen=True)
 class LinenLoss:
   """`loss_fn(params, state, batch) -> (loss, new_state)` for a linen classifier.
 
-  With `train=True` the model runs in training mode (BatchNorm uses batch statistics) and the
-  new `state` (every non-`params` collection, e.g. `{'batch_stats': ...}`) is returned; the
-  caller's state is not modified. Logits are divided by `temperature` (GraSP uses 200).
-  Frozen, so equal setups hash equal and jitted criteria compile once per setup.
+  `bn_mode` ('train' or 'eval') is how BatchNorm runs while scoring (see `apply_linen`); the
+  registry's `METHODS[name].batchnorm_mode` is the mode of each method's authors' code. Logits
+  are divided by `temperature` (GraSP uses 200). Frozen, so equal setups hash equal and jitted
+  criteria compile once per setup.
   """
 
   model: nn.Module
-  train: bool = True
+  bn_mode: BatchNormMode = "train"
   temperature: float = 1.0
 
+  def __post_init__(self):
+    check_batchnorm_mode(self.bn_mode)
+
   def __call__(self, params: PyTree, state: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
-    variables = {"params": params, **state}
-    if self.train and state:
-      logits, new_state = self.model.apply(
-          variables, batch["image"], train=True, mutable=list(state)
-      )
-    else:
-      logits, new_state = self.model.apply(variables, batch["image"], train=self.train), state
+    logits, new_state = apply_linen(self.model, params, state, batch["image"], self.bn_mode)
     return cross_entropy(logits / self.temperature, batch["label"]), new_state
 
 
 class LinenApply:
-  """`apply_fn(params, x) -> logits` in eval mode with fixed `state` (for SynFlow).
+  """`apply_fn(params, x) -> logits` with fixed `state` (for SynFlow), BatchNorm in `bn_mode`.
 
-  The state's leaves are cast to the params' dtype, so scoring in float64 works.
+  SynFlow's authors score in 'eval' mode (the default). The state's leaves are cast to the
+  params' dtype, so scoring in float64 works.
   """
 
-  def __init__(self, model: nn.Module, state: PyTree):
+  def __init__(self, model: nn.Module, state: PyTree, bn_mode: BatchNormMode = "eval"):
+    check_batchnorm_mode(bn_mode)
     self.model = model
     self.state = state
+    self.bn_mode = bn_mode
 
   def __call__(self, params: PyTree, x: jax.Array) -> jax.Array:
     dtype = jax.tree.leaves(params)[0].dtype
     state = jax.tree.map(lambda s: s.astype(dtype), self.state)
-    return self.model.apply({"params": params, **state}, x, train=False)
+    return apply_linen(self.model, params, state, x, self.bn_mode)[0]

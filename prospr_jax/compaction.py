@@ -8,9 +8,14 @@ and its variables: the traced channel groups give each conv's kept width, and ev
 channels. A pruned channel is exactly 0 in the masked network, so in eval mode the compacted
 model's logits equal the masked model's up to float rounding.
 
-Compacted models are a `VGG` (`config` with the kept widths; a SmallConvNet is the VGG plan
-`SMALL_CONVNET_PLAN`) or a `ResNet` with `stem_width` / `block_widths`. `save` writes the
-architecture as JSON and the variables as Flax msgpack; `load` reads them back.
+Compacted models are a `VGG` (`config` with the kept widths, conv biases kept; a SmallConvNet
+is the VGG plan `SMALL_CONVNET_PLAN`) or a `ResNet` with `stem_width` / `block_widths`. `save`
+writes the architecture as JSON and the variables as Flax msgpack; `load` reads them back.
+
+Not supported (`UnsupportedModelError`): ResNets with zero-padding shortcuts
+(`resnet20_prospr`). Their compacted network is no zoo ResNet (the kept channels of a padded
+shortcut need not sit where `zero_pad_shortcut` puts them); `prospr_jax.structured.compact`
+compacts them into a smaller program instead.
 """
 
 from __future__ import annotations
@@ -41,6 +46,21 @@ VARIABLES_FILE = "variables.msgpack"
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+class UnsupportedModelError(ValueError):
+  """The model is of a supported class but with a feature zoo compaction does not handle."""
+
+
+def check_supported(model: nn.Module) -> None:
+  """Raises `UnsupportedModelError` for a ResNet with zero-padding (option-A) shortcuts."""
+  if isinstance(model, ResNet) and model.shortcut != "projection":
+    raise UnsupportedModelError(
+        f"Zoo compaction does not support ResNets with {model.shortcut!r} shortcuts (e.g. "
+        "resnet20_prospr): a block's surviving padded and input channels need not sit where "
+        "zero_pad_shortcut puts them, so the compacted network is no zoo ResNet. "
+        "prospr_jax.structured.compact(model, variables, masks, x) compacts it into a smaller "
+        "program instead.")
+
+
 def _plan(model: nn.Module) -> tuple[int | str, ...]:
   """The VGG layer plan of a conv-chain model."""
   if isinstance(model, VGG):
@@ -64,8 +84,13 @@ def compact_model(model: nn.Module, widths: Mapping[str, int]) -> nn.Module:
       `{'conv1/conv/kernel': 40, ...}`.
 
   Returns:
-    A `VGG` for conv chains, else a `ResNet` with `stem_width` and `block_widths` set.
+    A `VGG` for conv chains (a VGG keeps its other attributes, e.g. `conv_bias`), else a
+    `ResNet` with `stem_width` and `block_widths` set.
+
+  Raises:
+    UnsupportedModelError: see `check_supported`.
   """
+  check_supported(model)
   if isinstance(model, ResNet):
     n_convs = 3 if model.block_cls is Bottleneck else 2
     return model.clone(
@@ -81,6 +106,8 @@ def compact_model(model: nn.Module, widths: Mapping[str, int]) -> nn.Module:
       i += 1
       layer = widths[f"conv{i}/conv/kernel"]
     plan.append(layer)
+  if isinstance(model, VGG):
+    return model.clone(config=tuple(plan))
   return VGG(model.num_classes, config=tuple(plan))
 
 
@@ -101,8 +128,10 @@ def compact(
     equal to `model.apply({'params': apply_masks(params, masks), ...}, x, train=False)`.
 
   Raises:
+    UnsupportedModelError: see `check_supported`.
     ValueError: if the masks are not channel-group masks or a group keeps no channel.
   """
+  check_supported(model)
   traced, keep = apply_channel_masks(structured.trace_model(model, variables, example_input),
                                      masks)
   widths = {m.path: int(keep[g.name].sum()) for g in traced.groups for m in g.members
@@ -117,8 +146,10 @@ def compact(
 def model_spec(model: nn.Module) -> dict[str, Any]:
   """A JSON-able description of a `VGG`, `SmallConvNet` (as its VGG plan) or `ResNet`.
 
-  A ResNet's `kernel_init` is not stored (it only matters for a fresh `init`).
+  Initializers are not stored (they only matter for a fresh `init`). Raises
+  `UnsupportedModelError` for the models `check_supported` refuses.
   """
+  check_supported(model)
   if isinstance(model, ResNet):
     block = next(k for k, v in _BLOCKS.items() if v is model.block_cls)
     return {
@@ -128,13 +159,15 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
         "block_widths": (None if model.block_widths is None
                          else [list(w) for w in model.block_widths]),
     }
-  return {"architecture": "vgg", "num_classes": model.num_classes, "config": list(_plan(model))}
+  return {"architecture": "vgg", "num_classes": model.num_classes, "config": list(_plan(model)),
+          "conv_bias": isinstance(model, VGG) and model.conv_bias}
 
 
 def model_from_spec(spec: Mapping[str, Any]) -> nn.Module:
   """The model described by `model_spec`."""
   if spec["architecture"] == "vgg":
-    return VGG(spec["num_classes"], config=tuple(spec["config"]))
+    return VGG(spec["num_classes"], config=tuple(spec["config"]),
+               conv_bias=spec.get("conv_bias", False))
   if spec["architecture"] == "resnet":
     block_widths = spec["block_widths"]
     return ResNet(

@@ -108,10 +108,31 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 
 
 def check_sparsity(sparsity: float) -> None:
+  """Raises TypeError unless `sparsity` is a real number (not a bool), ValueError unless in [0, 1)."""
+  if np.ndim(sparsity) != 0 or np.asarray(sparsity).dtype.kind not in "iuf":
+    raise TypeError(
+        f"sparsity must be a number in [0, 1), the fraction of prunable weights removed; got "
+        f"{sparsity!r} of type {type(sparsity).__name__}."
+    )
   if not 0.0 <= sparsity < 1.0 or math.isnan(sparsity):
     raise ValueError(
         f"sparsity={sparsity} is outside [0, 1): it is the fraction of prunable weights removed, "
         "e.g. 0.98 keeps 2%."
+    )
+
+
+def check_float_params(params: PyTree) -> None:
+  """Raises TypeError if a leaf of `params` is not a floating-point array (e.g. int or bool)."""
+  bad = [
+      f"'{path_str(path)}' ({jnp.result_type(leaf)})"
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+  ]
+  if bad:
+    raise TypeError(
+        f"Pruning scores floating-point weights; these params are not floating point: "
+        f"{', '.join(bad)}. Cast them first, e.g. "
+        "`jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)`."
     )
 
 
@@ -121,7 +142,7 @@ def num_kept(sparsity: float, n: int) -> int:
   return int(round((1.0 - sparsity) * n))
 
 
-def _top_k_mask(flat_scores: jax.Array, k: int) -> np.ndarray:
+def top_k_mask(flat_scores: jax.Array, k: int) -> np.ndarray:
   """Boolean vector keeping the `k` largest scores; ties go to the lower index."""
   order = np.argsort(-np.asarray(flat_scores, np.float64), kind="stable")
   keep = np.zeros(flat_scores.shape[0], bool)
@@ -204,9 +225,9 @@ def masks_from_scores(
     keys = np.concatenate(flats)
     if min_kept_per_layer:
       for start, flat in zip(np.cumsum([0] + sizes[:-1]), flats):
-        top = _top_k_mask(flat, min(min_kept_per_layer, flat.size)) & np.isfinite(flat)
+        top = top_k_mask(flat, min(min_kept_per_layer, flat.size)) & np.isfinite(flat)
         keys[start : start + flat.size][top] = np.inf
-    keep = _top_k_mask(keys, num_kept(sparsity, keys.size))
+    keep = top_k_mask(keys, num_kept(sparsity, keys.size))
     kept_flats = np.split(keep, np.cumsum(sizes)[:-1])
   else:
     densities = (
@@ -215,7 +236,7 @@ def masks_from_scores(
         else erk_densities([np.shape(leaves_with_path[i][1]) for i in prunable], 1.0 - sparsity)
     )
     kept_flats = [
-        _top_k_mask(f, max(int(round(d * f.size)), min_kept_per_layer or 0))
+        top_k_mask(f, max(int(round(d * f.size)), min_kept_per_layer or 0))
         for f, d in zip(flats, densities)
     ]
   if eligible is not None:

@@ -1,9 +1,12 @@
 """Tables and plots of a sweep's results (records from `prospr_jax.sweep.collect_records`).
 
-Each record is a dict with at least `method`, `sparsity` (0.0 for dense), `seed`,
-`final_test_top1` (a fraction) and, for the layer-density plot, `layer_density`
-(`{param path: density}`). Accuracies are reported in percent; spreads are the sample standard
-deviation over seeds (`STD_DDOF = 1`).
+Each record is a dict with at least `method` (the sweep arm, e.g. 'snip' or 'prospr+shuffle'),
+`sparsity` (0.0 for dense arms), `seed`, `final_test_top1` (a fraction) and, for the
+layer-density plot, `layer_density` (`{param path: density}`); `git_commit`, `git_dirty`,
+`effective_density_total`, `inactive_fraction`, `num_disconnected_layers` and `prune_seconds`
+feed the provenance check and the extra tables. Accuracies are reported in percent; spreads are
+the sample standard deviation over seeds (`STD_DDOF = 1`); paired differences come with a 95%
+Student-t interval over seeds.
 
 Plots are drawn on Agg canvases (no display, no pyplot state).
 """
@@ -18,14 +21,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from prospr_jax.sweep import DEFAULT_METHODS, DENSE
+from prospr_jax.sweep import DENSE, parse_arm
 
 Record = dict[str, Any]
 STD_DDOF = 1
 """Delta degrees of freedom of the reported std over seeds (1: sample standard deviation)."""
+METHOD_ORDER = (
+    "prospr", "prospr_first_order", "snip", "grasp", "synflow", "iterative_snip", "force",
+    "magnitude", "random", "random+erk",
+)
+"""Row order of the tables; other arms follow alphabetically."""
+SANITY_MODIFIERS = ("shuffle", "reinit", "invert")
+CONFIDENCE = 0.95
 TABLE_FILE = "results_table.md"
 ACCURACY_PLOT_FILE = "accuracy_vs_sparsity.png"
 DENSITY_PLOT_FILE = "layer_density.png"
@@ -57,16 +68,44 @@ def group_stats(records: Sequence[Record], metric: str = "final_test_top1",
   return {key: summarize(values) for key, values in groups.items()}
 
 
+def is_sanity_arm(arm: str) -> bool:
+  """Whether a sweep arm is a sanity check ('prospr+shuffle', ...)."""
+  return any(m in SANITY_MODIFIERS for m in parse_arm(arm)[1])
+
+
 def ordered_methods(records: Sequence[Record]) -> list[str]:
-  """Pruning methods present (not dense): `DEFAULT_METHODS` order first, then alphabetical."""
-  present = {r["method"] for r in records} - {DENSE}
-  known = [m for m in DEFAULT_METHODS if m in present]
+  """Pruned arms present (sparsity > 0): `METHOD_ORDER` first, then alphabetical."""
+  present = {r["method"] for r in records if float(r["sparsity"]) > 0}
+  known = [m for m in METHOD_ORDER if m in present]
   return known + sorted(present - set(known))
+
+
+def check_provenance(records: Sequence[Record], allow_mixed: bool = False) -> list[str]:
+  """The distinct git commits of `records` (None for records that have none), sorted.
+
+  Raises:
+    ValueError: unless `allow_mixed`, if the records come from more than one commit, from an
+      unknown commit, or from a tree with uncommitted changes: such a table cannot be
+      reproduced from one version of the code.
+  """
+  commits = sorted({r.get("git_commit") for r in records}, key=str)
+  dirty = sorted({r["workdir"] for r in records if r.get("git_dirty")})
+  if not allow_mixed and (len(commits) > 1 or None in commits or dirty):
+    per_commit = defaultdict(set)
+    for r in records:
+      per_commit[r.get("git_commit")].add(r["method"])
+    details = "; ".join(f"{str(c)[:12]}: {sorted(m)}" for c, m in per_commit.items())
+    raise ValueError(
+        f"The results come from {len(commits)} commit(s) ({details})"
+        + (f" and {len(dirty)} run(s) from a modified tree" if dirty else "")
+        + ". Rerun them on one commit, or allow mixing explicitly (--allow_mixed_commits)."
+    )
+  return commits
 
 
 def ordered_sparsities(records: Sequence[Record]) -> list[float]:
   """Sparsities of the pruned runs, ascending."""
-  return sorted({float(r["sparsity"]) for r in records if r["method"] != DENSE})
+  return sorted({float(r["sparsity"]) for r in records if float(r["sparsity"]) > 0})
 
 
 def sparsity_label(sparsity: float) -> str:
@@ -203,7 +242,7 @@ def layer_densities(records: Sequence[Record], sparsity: float
   Raises:
     ValueError: if no pruned run at `sparsity` has per-layer densities.
   """
-  chosen = [r for r in records if r["method"] != DENSE and r.get("layer_density")
+  chosen = [r for r in records if float(r["sparsity"]) > 0 and r.get("layer_density")
             and math.isclose(float(r["sparsity"]), sparsity)]
   if not chosen:
     raise ValueError(f"No per-layer densities at sparsity {sparsity}; the records have "
@@ -245,20 +284,172 @@ def plot_layer_density(records: Sequence[Record], path: str,
   fig.savefig(path, dpi=120)
 
 
+@dataclasses.dataclass(frozen=True)
+class Interval:
+  """Mean of `n` paired differences and its `CONFIDENCE` Student-t interval (NaN if n < 2)."""
+
+  mean: float
+  low: float
+  high: float
+  n: int
+
+
+def mean_interval(values: Sequence[float]) -> Interval:
+  """Mean of `values` and its two-sided `CONFIDENCE` Student-t interval."""
+  x = np.asarray(values, dtype=np.float64)
+  mean = float(np.mean(x))
+  if x.size < 2:
+    return Interval(mean, math.nan, math.nan, int(x.size))
+  half = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * np.std(x, ddof=1) / math.sqrt(x.size)
+  return Interval(mean, mean - half, mean + half, int(x.size))
+
+
+def paired_differences(records: Sequence[Record], reference: str = "prospr",
+                       metric: str = "final_test_top1", scale: float = 100.0
+                       ) -> dict[tuple[str, float], Interval]:
+  """`{(arm, sparsity): Interval of scale * (reference - arm)}` over the seeds both have.
+
+  Runs of one seed share the initialization and the data order across arms, so the
+  difference is taken seed by seed (a paired comparison).
+  """
+  value = {(r["method"], float(r["sparsity"]), r["seed"]): scale * float(r[metric])
+           for r in records if r.get(metric) is not None}
+  out = {}
+  for arm, sparsity in sorted({(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}):
+    seeds = sorted(seed for (a, s, seed) in value if a == arm and s == sparsity
+                   and (reference, s, seed) in value)
+    if seeds:
+      out[(arm, sparsity)] = mean_interval(
+          [value[(reference, sparsity, seed)] - value[(arm, sparsity, seed)] for seed in seeds])
+  return out
+
+
+def _markdown_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = [title, "", _markdown_row(header), _markdown_row(["---"] + ["---:"] * (len(header) - 1))]
+  return "\n".join(lines + [_markdown_row(r) for r in rows]) + "\n"
+
+
+def format_interval(interval: Interval | None) -> str:
+  """'+1.23 [+0.10, +2.36]', or '+1.23 (n=1)' without an interval; '—' if missing."""
+  if interval is None:
+    return "—"
+  if math.isnan(interval.low):
+    return f"{interval.mean:+.2f} (n={interval.n})"
+  return f"{interval.mean:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]"
+
+
+def paired_table(records: Sequence[Record], reference: str = "prospr") -> str:
+  """Markdown table of `reference` minus each other pruned arm, per sparsity (points)."""
+  diffs = paired_differences(records, reference)
+  sparsities = ordered_sparsities(records)
+  rows = [[m] + [format_interval(diffs.get((m, s))) for s in sparsities]
+          for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+  title = (f"{reference} minus each method, final test top-1 in points: mean over seeds paired "
+           f"by seed [{CONFIDENCE:.0%} Student-t interval]; an interval above 0 means "
+           f"{reference} is better.")
+  return _markdown_table(title, ["method"] + [sparsity_label(s) for s in sparsities], rows)
+
+
+def connectivity_table(records: Sequence[Record]) -> str:
+  """Markdown table: mean effective density (%) and mean share of inactive kept weights, and
+  the number of runs with a disconnected layer, per pruned arm and sparsity."""
+  density = group_stats(records, "effective_density_total")
+  inactive = group_stats(records, "inactive_fraction")
+  groups: dict[tuple[str, float], list[int]] = defaultdict(list)
+  for r in records:
+    if r.get("num_disconnected_layers") is not None:
+      groups[(r["method"], float(r["sparsity"]))].append(int(r["num_disconnected_layers"] > 0))
+  sparsities = ordered_sparsities(records)
+
+  def cell(key):
+    if key not in density:
+      return "—"
+    text = f"{density[key].mean:.2f} / {inactive[key].mean:.0f}%"
+    broken = sum(groups.get(key, []))
+    return text + (f" / {broken} disc." if broken else "")
+
+  rows = [[m] + [cell((m, s)) for s in sparsities] for m in ordered_methods(records)]
+  title = ("Effective density (% of prunable weights on an input-output path) / share of the "
+           "kept weights on no such path, mean over seeds; 'k disc.': k runs left a layer "
+           "with no effective weight (the network is cut).")
+  return _markdown_table(title, ["method"] + [sparsity_label(s) for s in sparsities], rows)
+
+
+def convergence_table(records: Sequence[Record]) -> str:
+  """Markdown table of every dense arm ('dense', 'dense+x2', ...) per seed and on average."""
+  dense = sorted({r["method"] for r in records if float(r["sparsity"]) == 0.0})
+  seeds = sorted({r["seed"] for r in records if r["method"] in dense})
+  value = {(r["method"], r["seed"]): 100 * float(r["final_test_top1"]) for r in records
+           if r["method"] in dense}
+  rows = [[arm] + [f"{value[(arm, s)]:.2f}" if (arm, s) in value else "—" for s in seeds]
+          + [format_cell(summarize([value[(arm, s)] for s in seeds if (arm, s) in value]),
+                         len(seeds))] for arm in dense]
+  title = "Dense networks, final test top-1 (%) per seed: is the training budget converged?"
+  return _markdown_table(title, ["arm"] + [f"seed {s}" for s in seeds] + ["mean ± std"], rows)
+
+
+def prune_time_table(records: Sequence[Record]) -> str:
+  """Markdown table of the median mask-finding wall time (s) per pruned arm and sparsity."""
+  times = defaultdict(list)
+  for r in records:
+    if r.get("prune_seconds") is not None and float(r["sparsity"]) > 0:
+      times[r["method"]].append(float(r["prune_seconds"]))
+  rows = [[m, f"{np.median(times[m]):.1f}", f"{min(times[m]):.1f}", f"{max(times[m]):.1f}",
+           str(len(times[m]))] for m in ordered_methods(records) if m in times]
+  title = "Mask-finding wall time per run (s; data loading and compilation included)."
+  return _markdown_table(title, ["method", "median", "min", "max", "runs"], rows)
+
+
+def sanity_table(records: Sequence[Record], metric: str = "final_test_top1") -> str:
+  """Markdown table: each method with sanity-check arms beside its own, per sparsity."""
+  sanity_arms = sorted({r["method"] for r in records if is_sanity_arm(r["method"])})
+  bases = [m for m in dict.fromkeys(parse_arm(a)[0] for a in sanity_arms)]
+  sparsities = sorted({float(r["sparsity"]) for r in records if r["method"] in sanity_arms})
+  stats = group_stats(records, metric)
+  seeds = len({r["seed"] for r in records})
+  rows = [[arm] + [format_cell(stats.get((arm, s)), seeds) for s in sparsities]
+          for base in bases for arm in [base] + [a for a in sanity_arms
+                                                 if parse_arm(a)[0] == base]]
+  title = ("Sanity checks (Frankle et al. 2021), final test top-1 (%): +shuffle permutes the "
+           "kept positions within each layer, +reinit trains the mask from a new "
+           "initialization, +invert keeps each layer's lowest-scored weights.")
+  return _markdown_table(title, ["arm"] + [sparsity_label(s) for s in sparsities], rows)
+
+
 def write_report(records: Sequence[Record], output_dir: str,
                  density_sparsity: float | None = None,
-                 expected_seeds: int | None = None) -> list[str]:
+                 expected_seeds: int | None = None,
+                 allow_mixed_commits: bool = False) -> list[str]:
   """Writes `results_table.md`, `accuracy_vs_sparsity.png` and `layer_density.png`.
 
-  The density plot is left out (with no error) when no record has per-layer densities.
+  The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
+  and, where the records have them, the paired differences against ProsPr, the effective
+  density, the dense convergence check, the sanity checks and the mask-finding times. The
+  density plot is left out (with no error) when no record has per-layer densities. Refuses
+  records from several commits unless `allow_mixed_commits` (see `check_provenance`).
   Returns the paths written.
   """
+  commits = check_provenance(records, allow_mixed_commits)
+  main = [r for r in records if not is_sanity_arm(r["method"])]
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, f) for f in (TABLE_FILE, ACCURACY_PLOT_FILE)]
+  sections = [f"Runs: {len(records)}; code: {', '.join(str(c) for c in commits)}.\n",
+              results_table(main, expected_seeds=expected_seeds)]
+  pruned = {r["method"] for r in main if float(r["sparsity"]) > 0}
+  if "prospr" in pruned and len(pruned) > 1:
+    sections.append(paired_table(main))
+  if any(r.get("effective_density_total") is not None for r in main):
+    sections.append(connectivity_table(main))
+  if len({r["method"] for r in main if float(r["sparsity"]) == 0.0}) > 1:
+    sections.append(convergence_table(main))
+  if any(is_sanity_arm(r["method"]) for r in records):
+    sections.append(sanity_table(records))
+  if any(r.get("prune_seconds") is not None for r in main):
+    sections.append(prune_time_table(main))
   with open(paths[0], "w") as f:
-    f.write(results_table(records, expected_seeds=expected_seeds))
-  plot_accuracy_vs_sparsity(records, paths[1])
-  if any(r.get("layer_density") for r in records if r["method"] != DENSE):
+    f.write("\n".join(sections))
+  plot_accuracy_vs_sparsity(main, paths[1])
+  if any(r.get("layer_density") for r in main if float(r["sparsity"]) > 0):
     paths.append(os.path.join(output_dir, DENSITY_PLOT_FILE))
-    plot_layer_density(records, paths[-1], density_sparsity)
+    plot_layer_density(main, paths[-1], density_sparsity)
   return paths

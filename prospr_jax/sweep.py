@@ -1,7 +1,10 @@
 """A resumable grid sweep over pruning methods, sparsities and seeds, and its results collection.
 
 Each grid point trains in its own directory under a root:
-`<root>/<method>/s<sparsity>/seed<seed>` (`<root>/dense/seed<seed>` for the unpruned network).
+`<root>/<arm>/s<sparsity>/seed<seed>` (`<root>/dense/seed<seed>` for the unpruned network).
+An arm is a method name, optionally with modifiers joined by '+' (see `ARM_MODIFIERS`):
+`random+erk` is random pruning with ERK layer densities, `prospr+shuffle` ProsPr's masks
+shuffled within each layer, `dense+x2` the dense network trained twice as long.
 A point whose `results.json` already exists (and parses) is skipped, so an interrupted sweep
 resumes where it stopped. After each new run, every `results.json` under the root is collected
 into `<root>/all_results.json` (one record per run, with per-layer densities) and
@@ -39,10 +42,38 @@ RESULTS_FILE = "results.json"
 COLLECTION_JSON = "all_results.json"
 COLLECTION_CSV = "all_results.csv"
 CSV_FIELDS = (
-    "method", "sparsity", "seed", "final_test_top1", "best_test_top1", "density_total",
-    "prune_seconds", "train_seconds", "workdir",
+    "method", "prune_method", "sparsity", "seed", "final_test_top1", "best_test_top1",
+    "density_total", "effective_density_total", "inactive_fraction", "num_empty_layers",
+    "num_disconnected_layers", "prune_seconds", "train_seconds", "git_commit", "git_dirty",
+    "workdir",
 )
 """Columns of `all_results.csv`; `all_results.json` records also hold `layer_density`."""
+
+ARM_MODIFIERS: dict[str, tuple[str, Any]] = {
+    "erk": ("prune.allocation", "erk"),
+    "uniform": ("prune.allocation", "uniform"),
+    "shuffle": ("prune.sanity_check", "shuffle"),
+    "reinit": ("prune.sanity_check", "reinit"),
+    "invert": ("prune.sanity_check", "invert"),
+    "x2": ("train.num_epochs", 2),
+}
+"""Arm modifier -> (dotted config field, value); `x2` multiplies the field by its value."""
+_MULTIPLY = ("x2",)
+
+
+def parse_arm(arm: str) -> tuple[str, list[str]]:
+  """`'prospr+shuffle'` -> `('prospr', ['shuffle'])`.
+
+  Raises:
+    ValueError: on an unknown modifier.
+  """
+  method, *modifiers = arm.split("+")
+  unknown = [m for m in modifiers if m not in ARM_MODIFIERS]
+  if not method or unknown:
+    raise ValueError(f"Bad sweep arm {arm!r}: an arm is a method name and optional '+'-joined "
+                     f"modifiers from {sorted(ARM_MODIFIERS)}.")
+  return method, modifiers
+
 
 RunFn = Callable[[ml_collections.ConfigDict, str], Any]
 """`run_fn(config, workdir)` trains one grid point and writes `<workdir>/results.json`."""
@@ -50,7 +81,8 @@ RunFn = Callable[[ml_collections.ConfigDict, str], Any]
 
 @dataclasses.dataclass(frozen=True)
 class GridPoint:
-  """One run of a sweep. `sparsity` is 0.0 for the dense baseline."""
+  """One run of a sweep: an arm (`method`, e.g. 'snip' or 'random+erk'), a sparsity (0.0 for
+  dense arms) and a seed."""
 
   method: str
   sparsity: float
@@ -58,11 +90,11 @@ class GridPoint:
 
   @property
   def is_dense(self) -> bool:
-    return self.method == DENSE
+    return parse_arm(self.method)[0] == DENSE
 
   def __str__(self) -> str:
     if self.is_dense:
-      return f"{DENSE} seed={self.seed}"
+      return f"{self.method} seed={self.seed}"
     return f"{self.method} sparsity={self.sparsity:g} seed={self.seed}"
 
 
@@ -96,43 +128,57 @@ def expand_grid(
   """All (method, sparsity, seed) points, seed-major so early chunks cover every method.
 
   With `include_dense` one dense run per seed comes first in each seed's block (a 'dense'
-  entry in `methods` is treated the same way, once per seed).
+  entry in `methods` is treated the same way, and dense arms such as 'dense+x2' follow it,
+  once per seed).
 
   Raises:
-    ValueError: on an empty list, or a sparsity outside (0, 1).
+    ValueError: on an empty list, a bad arm, or a sparsity outside (0, 1).
   """
   if not methods and not include_dense:
     raise ValueError("The sweep has no methods.")
   if not seeds:
     raise ValueError("The sweep has no seeds.")
-  pruned = [m for m in dict.fromkeys(methods) if m != DENSE]
+  arms = list(dict.fromkeys(methods))
+  dense_arms = [DENSE] if include_dense or DENSE in arms else []
+  dense_arms += [m for m in arms if m != DENSE and parse_arm(m)[0] == DENSE]
+  pruned = [m for m in arms if parse_arm(m)[0] != DENSE]
   if pruned and not sparsities:
     raise ValueError("The sweep has pruning methods but no sparsities.")
   for s in sparsities:
     if not 0.0 < s < 1.0:
       raise ValueError(f"Sparsity {s} is outside (0, 1): it is the fraction of weights removed.")
-  dense = include_dense or DENSE in methods
   points = []
   for seed in dict.fromkeys(seeds):
-    if dense:
-      points.append(GridPoint(DENSE, 0.0, seed))
+    points += [GridPoint(m, 0.0, seed) for m in dense_arms]
     points += [GridPoint(m, float(s), seed) for s in dict.fromkeys(sparsities) for m in pruned]
   return points
 
 
 def run_dir(root: str, point: GridPoint) -> str:
-  """`<root>/<method>/s<sparsity>/seed<seed>`, or `<root>/dense/seed<seed>`."""
+  """`<root>/<arm>/s<sparsity>/seed<seed>`, or `<root>/<dense arm>/seed<seed>`."""
   if point.is_dense:
-    return os.path.join(root, DENSE, f"seed{point.seed}")
+    return os.path.join(root, point.method, f"seed{point.seed}")
   return os.path.join(root, point.method, f"s{point.sparsity:g}", f"seed{point.seed}")
 
 
 def point_config(base: ml_collections.ConfigDict, point: GridPoint) -> ml_collections.ConfigDict:
-  """A copy of `base` with `prune.method`, `prune.sparsity` and `seed` set from `point`."""
+  """A copy of `base` for `point`: its method, sparsity, seed and arm modifiers set.
+
+  The arm's name is recorded as `config.sweep_arm`.
+  """
   config = copy.deepcopy(base)
-  config.prune.method = point.method
+  method, modifiers = parse_arm(point.method)
+  config.prune.method = method
   config.prune.sparsity = point.sparsity
   config.seed = point.seed
+  with config.unlocked():
+    config.sweep_arm = point.method
+  for modifier in modifiers:
+    field, value = ARM_MODIFIERS[modifier]
+    section, name = field.split(".")
+    if modifier in _MULTIPLY:
+      value *= config[section][name]
+    config[section][name] = value
   return config
 
 
@@ -262,23 +308,35 @@ def _format_accuracy(results: Any) -> str:
 
 
 def record_from_results(results: dict[str, Any], workdir: str = "") -> dict[str, Any]:
-  """One flat record of a run's `results.json` (the method/sparsity/seed come from its config).
+  """One flat record of a run's `results.json` (arm, sparsity and seed come from its config).
 
-  The record's `sparsity` is the requested one (0.0 for dense); `density_total` is the density
-  actually reached and `layer_density` maps each prunable leaf's path to its density.
+  The record's `method` is the sweep arm (e.g. 'random+erk'; the method name for runs made
+  outside a sweep) and `prune_method` the pruning method it ran; `sparsity` is the requested
+  one (0.0 for dense); `density_total` is the density actually reached and `layer_density`
+  maps each prunable leaf's path to its density. Effective sparsity, collapsed layers and the
+  git commit are None for results written before they were recorded.
   """
   config, density = results["config"], results.get("density", {})
   method = config["prune"]["method"]
+  links = results.get("connectivity") or {}
+  origin = results.get("provenance") or {}
   prefix = "density/"
   return {
-      "method": method,
+      "method": config.get("sweep_arm") or method,
+      "prune_method": method,
       "sparsity": 0.0 if method == DENSE else float(config["prune"]["sparsity"]),
       "seed": int(config["seed"]),
       "final_test_top1": results["final_test_top1"],
       "best_test_top1": results.get("best_test_top1"),
       "density_total": density.get("density/total"),
+      "effective_density_total": links.get("effective_density/total"),
+      "inactive_fraction": links.get("inactive_fraction"),
+      "num_empty_layers": len(links["empty_layers"]) if links else None,
+      "num_disconnected_layers": len(links["disconnected_layers"]) if links else None,
       "prune_seconds": results.get("prune_seconds"),
       "train_seconds": results.get("train_seconds"),
+      "git_commit": origin.get("git_commit"),
+      "git_dirty": origin.get("git_dirty"),
       "workdir": workdir,
       "layer_density": {k[len(prefix):]: v for k, v in density.items()
                         if k.startswith(prefix) and k != "density/total"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -16,68 +17,27 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
 from flax.metrics import tensorboard
-from flax.training import train_state
 from jax.sharding import Mesh
 
 from prospr_jax import atomic_files
 from prospr_jax import data as data_lib
 from prospr_jax import masks as masks_lib
-from prospr_jax import models, parallel, structured
-from prospr_jax.adapters import LinenApply, LinenLoss, cross_entropy
+from prospr_jax import connectivity, models, parallel, progress, provenance, prune_config, sanity
+from prospr_jax import structured
+from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import registry
-from prospr_jax.transform import keep_masked
+from prospr_jax.training import TrainState, learning_rate_schedule, make_optimizer, train_step
 
 PyTree = Any
-DENSE = "dense"
-"""`config.prune.method` value that trains the unpruned network."""
+DENSE = prune_config.DENSE
+_log = logging.getLogger(__name__)
 
 
-class TrainState(train_state.TrainState):
-  """Params, optimizer state, BatchNorm statistics and the bool mask pytree."""
-
-  batch_stats: PyTree
-  masks: PyTree
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-  """Cosine decay, or step decay x0.1 at `lr_decay_fractions` of training (the paper's)."""
-  total = config.num_epochs * steps_per_epoch
-  if config.lr_schedule == "cosine":
-    return optax.cosine_decay_schedule(config.learning_rate, total)
-  if config.lr_schedule == "step":
-    boundaries = {int(f * total): 0.1 for f in config.lr_decay_fractions}
-    return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
-  raise ValueError(f"Unknown lr_schedule {config.lr_schedule!r}; choose 'cosine' or 'step'.")
-
-
-def make_optimizer(
-    config: ml_collections.ConfigDict, schedule: optax.Schedule, masks: PyTree
-) -> optax.GradientTransformation:
-  """keep_masked -> L2 weight decay -> SGD with momentum: pruned weights stay exactly zero."""
-  return optax.chain(
-      keep_masked(masks),
-      optax.add_decayed_weights(config.weight_decay),
-      optax.sgd(schedule, momentum=config.momentum or None),
-  )
-
-
-@jax.jit
-def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on `batch`; returns the new state and `{'loss', 'accuracy'}` of the batch."""
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
-        mutable=["batch_stats"],
-    )
-    return cross_entropy(logits, batch["label"]), (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return state, {"loss": loss, "accuracy": accuracy}
+def _report(msg: str, *args: Any) -> None:
+  """Logs `msg % args` at INFO on process 0 only (one line per run, not per process)."""
+  if jax.process_index() == 0:
+    _log.info(msg, *args)
 
 
 @jax.jit
@@ -107,26 +67,6 @@ def evaluate(state: TrainState, batches: Iterator[PyTree]) -> dict[str, float]:
   return {k: float(sums[k]) / count for k in ("loss", "top1", "top5")}
 
 
-def _method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The method-specific keyword arguments of `prune` read from `config.prune`."""
-  method = config.method
-  if method in ("prospr", "prospr_first_order"):
-    momentum = config.inner_momentum or None
-    return {"num_steps": config.num_steps, "remat": config.remat,
-            "optimizer": optax.sgd(config.inner_lr, momentum=momentum)}
-  if method in ("iterative_snip", "force"):
-    return {} if config.num_rounds is None else {"num_rounds": config.num_rounds}
-  if method == "synflow":
-    return {"num_rounds": config.synflow_rounds, "float64": config.synflow_float64}
-  return {}
-
-
-def _num_pruning_batches(config: ml_collections.ConfigDict) -> int:
-  if config.method in ("prospr", "prospr_first_order"):
-    return config.num_steps + 1
-  return config.num_batches
-
-
 def prune_at_init(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -137,10 +77,13 @@ def prune_at_init(
 ) -> PyTree:
   """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
 
-  With `config.prune.structured`, channel-group masks from `structured.structured_prune`
+  `config.prune.sanity_check == 'invert'` keeps each layer's lowest-scored weights instead
+  (see `prospr_jax.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
   (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
   kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
-  are drawn from the training split (no augmentation) with their own seed.
+  of `config.prune.batch_size` (global) are drawn from the training split (no augmentation)
+  with their own seed; this process feeds its rows of each. BatchNorm runs in
+  `prune_config.scoring_batchnorm_mode(config.prune)` while scoring.
   """
   pc = config.prune
   params = variables["params"]
@@ -154,45 +97,96 @@ def prune_at_init(
   needs = registry.METHODS[pc.method].needs
   batches = None
   if "batches" in needs:
+    parallel.check_batch_size(pc.batch_size, mesh)
     stream = data_lib.train_batches(
         config.dataset, batch_size=pc.batch_size, seed=config.seed + 1,
-        data_dir=config.data_dir, augment=False,
+        data_dir=config.data_dir, augment=False, rows=parallel.process_rows(pc.batch_size, mesh),
     )
     batches = [parallel.shard_batch(b, mesh) for b in
-               itertools.islice(stream, _num_pruning_batches(pc))]
+               itertools.islice(stream, prune_config.num_pruning_batches(pc))]
+  bn_mode = prune_config.scoring_batchnorm_mode(pc)
+  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
+  loss_fn = (
+      LinenLoss(model, bn_mode=bn_mode, temperature=temperature) if "loss_fn" in needs else None
+  )
   if pc.structured:  # coupled channel groups (see prospr_jax.structured)
+    if pc.sanity_check is not None:
+      raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
+                       "with prune.structured=True.")
     return structured.structured_prune(
         pc.method, model, variables, batches, pc.sparsity,
         example_input=jax.ShapeDtypeStruct((1, *input_shape), jnp.float32), key=key,
-        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation,
-        **_method_options(pc),
+        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation, loss_fn=loss_fn,
+        **prune_config.method_options(pc),
     )
-  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
+  apply_fn = LinenApply(model, state, bn_mode=bn_mode) if "apply_fn" in needs else None
   return registry.prune(
       pc.method, params, pc.sparsity,
-      loss_fn=LinenLoss(model, temperature=temperature), batches=batches, state=state,
-      apply_fn=LinenApply(model, state), input_shape=input_shape, key=key,
+      loss_fn=loss_fn, batches=batches, state=state, apply_fn=apply_fn,
+      input_shape=input_shape, key=key,
       filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
-      allocation=pc.allocation,
-      min_kept_per_layer=pc.min_kept_per_layer, **_method_options(pc),
+      allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
+      invert=pc.sanity_check == "invert",
+      **prune_config.method_options(pc),
   )
 
 
+def find_masks(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    variables: PyTree,
+    input_shape: tuple[int, ...],
+    key: jax.Array,
+    mesh: Mesh,
+) -> tuple[PyTree, dict[str, Any]]:
+  """The masks `train_and_evaluate` trains with, and what it records about finding them.
+
+  Prunes `variables` (`prune_at_init`); with `config.prune.sanity_check == 'shuffle'` the kept
+  positions are then permuted within each layer. Returns the masks and `{'prune_seconds',
+  'connectivity'}`: the wall time of both steps and the masks' effective sparsity and
+  collapsed layers (`prospr_jax.connectivity`, on `variables`).
+  """
+  pc = config.prune
+  start = time.perf_counter()
+  masks = prune_at_init(config, model, variables, input_shape, key, mesh)
+  filter_fn = masks_lib.kernel_filter(exclude=tuple(pc.exclude))
+  if pc.sanity_check == "shuffle":
+    masks = sanity.shuffle_within_layers(masks, jax.random.fold_in(key, 1), filter_fn)
+  masks = jax.block_until_ready(masks)
+  seconds = time.perf_counter() - start
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k != "params"}
+  full_masks = jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape), masks, params)
+  effective = connectivity.effective_masks(
+      full_masks, params, apply_fn=LinenApply(model, state), input_shape=input_shape,
+      filter_fn=filter_fn,
+  )
+  summary = connectivity.connectivity_summary(full_masks, effective, filter_fn)
+  return masks, {"prune_seconds": seconds, "connectivity": summary}
+
+
+_LAUNCH_FIELDS = ("distributed",)
+"""Config fields that say how a run is launched, not what it computes (a run may resume on
+another topology)."""
+
+
 def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes `config.json` to `workdir`, refusing a workdir that holds another run's config."""
+  """Writes `config.json` to `workdir` (process 0), refusing a workdir of another run's config."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json())
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    if previous != current:
-      changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+    changed = sorted(k for k in set(previous) | set(current)
+                     if k not in _LAUNCH_FIELDS and previous.get(k) != current.get(k))
+    if changed:
       raise ValueError(
           f"{workdir} holds a run with a different config (differs in {changed}). Use another "
           "--workdir or delete that one."
       )
-  atomic_files.write_json(path, current)
+  if jax.process_index() == 0:
+    atomic_files.write_json(path, current)
 
 
 def create_train_state(
@@ -202,7 +196,8 @@ def create_train_state(
     masks: PyTree,
     schedule: optax.Schedule,
 ) -> TrainState:
-  """A `TrainState` with masked initial params and the keep_masked optimizer."""
+  """A `TrainState` with masked initial params and the keep_masked optimizer (see
+  `parallel.replicate` to place it on a mesh)."""
   return TrainState.create(
       apply_fn=model.apply,
       params=masks_lib.apply_masks(variables["params"], masks),
@@ -250,12 +245,14 @@ def _restore_latest(
     schedule: optax.Schedule,
     workdir: str,
     manager: ocp.CheckpointManager,
+    mesh: Mesh,
 ) -> tuple[TrainState, dict[str, Any]]:
-  """The latest checkpointed state of the run in `workdir` and its metadata."""
+  """The latest checkpointed state of the run in `workdir`, replicated over `mesh`, and its
+  metadata."""
   # The saved masks give the template its mask shapes (per-channel masks are not full-size).
   saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
   template = create_train_state(config, model, variables, saved_masks, schedule)
-  return restore_checkpoint(manager, template)
+  return restore_checkpoint(manager, parallel.replicate(template, mesh))
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainState]:
@@ -266,11 +263,16 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
   model = models.get_model(config.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state, _ = _restore_latest(config, model, variables, optax.constant_schedule(0.0), workdir,
-                             checkpoint_manager(workdir))
+                             checkpoint_manager(workdir), parallel.data_mesh())
   return config, model, state
 
 
-def _write_summaries(writer: tensorboard.SummaryWriter, step: int, values: dict[str, float]) -> None:
+def _write_summaries(
+    writer: tensorboard.SummaryWriter | None, step: int, values: dict[str, float]
+) -> None:
+  """Writes `values` as TensorBoard scalars at `step`; `writer` is None off process 0."""
+  if writer is None:
+    return
   for tag, value in values.items():
     writer.scalar(tag, value, step)
   writer.flush()
@@ -279,88 +281,106 @@ def _write_summaries(writer: tensorboard.SummaryWriter, step: int, values: dict[
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Prunes a freshly initialized model, trains it masked and evaluates it every epoch.
 
-  Data-parallel over all devices (batch sharded, state replicated). Writes to `workdir`:
-  `config.json`; `masks.npz` (bool masks, see `masks.load_masks`); orbax checkpoints of the
-  whole train state in `checkpoints/` every `config.train.checkpoint_every_steps` steps and at
-  the end; TensorBoard summaries; `results.json` (config, final/best test accuracy, per-layer
-  density, pruning and training seconds). A rerun with the same config resumes from the latest
-  checkpoint (same final params as an uninterrupted run); a workdir holding another config is
-  refused. Returns the results dict.
+  Data-parallel over all devices of all processes (batch sharded, state replicated); the
+  global batches, hence the results, do not depend on the number of devices or processes.
+  Process 0 writes to `workdir`: `config.json`; `masks.npz` (bool masks, see
+  `masks.load_masks`); TensorBoard summaries; `results.json` (config, final/best test accuracy,
+  per-layer density, pruning and training seconds); all processes write the orbax checkpoints
+  of the whole train state in `checkpoints/` every `config.train.checkpoint_every_steps` steps
+  and at the end. A rerun with the same config resumes from the latest checkpoint (same final
+  params as an uninterrupted run); a workdir holding another config is refused. Progress goes
+  to the `prospr_jax` logger (see `progress.show_on`). Returns the results dict.
   """
   masks_lib.check_sparsity(config.prune.sparsity)
+  prune_config.fields_read(config.prune)  # an unknown method fails before any work
+  sanity.check_sanity_check(config.prune.sanity_check)
   parallel.initialize_distributed(config.distributed)
   _claim_workdir(config, workdir)
   mesh = parallel.data_mesh()
   tc = config.train
-  for batch_size in (tc.batch_size, tc.eval_batch_size, config.prune.batch_size):
+  for batch_size in (tc.batch_size, tc.eval_batch_size):
     parallel.check_batch_size(batch_size, mesh)
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", config.dataset,
+          info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
   model = models.get_model(config.model, info.num_classes)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = models.init_variables(model, init_key, info.image_shape)
-  variables = parallel.replicate(variables, mesh)
-  steps_per_epoch = info.num_train // (tc.batch_size * jax.process_count())
+  variables = parallel.replicate(models.init_variables(model, init_key, info.image_shape), mesh)
+  if config.prune.sanity_check == "reinit":  # train the mask from a fresh initialization
+    train_variables = models.init_variables(model, jax.random.fold_in(init_key, 1),
+                                            info.image_shape)
+    train_variables = parallel.replicate(train_variables, mesh)
+  else:
+    train_variables = variables
+  steps_per_epoch = info.num_train // tc.batch_size
   if tc.steps_per_epoch > 0:
     steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
+  total_steps = tc.num_epochs * steps_per_epoch
   schedule = learning_rate_schedule(tc, steps_per_epoch)
   filter_fn = masks_lib.kernel_filter(exclude=tuple(config.prune.exclude))
   manager = checkpoint_manager(workdir)
-  writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if jax.process_index() == 0 else None)
 
   if manager.latest_step() is None:
-    start = time.perf_counter()
-    masks = jax.block_until_ready(
-        prune_at_init(config, model, variables, info.image_shape, prune_key, mesh)
-    )
-    meta = {"prune_seconds": time.perf_counter() - start, "train_seconds": 0.0, "history": []}
-    state = create_train_state(config, model, variables, masks, schedule)
-    masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
+    _report("pruning with %s ...", config.prune.method)
+    masks, meta = find_masks(config, model, variables, info.image_shape, prune_key, mesh)
+    meta |= {"train_seconds": 0.0, "history": []}
+    state = parallel.replicate(
+        create_train_state(config, model, train_variables, masks, schedule), mesh)
+    if jax.process_index() == 0:
+      masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
   else:
-    state, meta = _restore_latest(config, model, variables, schedule, workdir, manager)
-    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+    state, meta = _restore_latest(config, model, train_variables, schedule, workdir, manager,
+                                  mesh)
+    _report("Resumed from the checkpoint at step %d.", int(state.step))
   density = masks_lib.density_summary(state.masks, state.params, filter_fn)
-  logging.info("Pruned with %s in %.1f s: %.4f of prunable weights kept.",
-               config.prune.method, meta["prune_seconds"], density["density/total"])
+  _report("pruned with %s in %s: %.2f%% of the prunable weights kept", config.prune.method,
+          progress.format_duration(meta["prune_seconds"]), 100 * density["density/total"])
   _write_summaries(writer, 0, density)
 
   batches = data_lib.train_batches(
       config.dataset, batch_size=tc.batch_size, seed=config.seed, data_dir=config.data_dir,
-      augment=config.augment,
+      augment=config.augment, rows=parallel.process_rows(tc.batch_size, mesh),
   )
   first_step = int(state.step)
   batches = itertools.islice(batches, first_step, None)  # the data position of a resumed run
   history = meta["history"]
-  start, tick, metrics = time.perf_counter(), time.perf_counter(), []
-  for step in range(first_step + 1, tc.num_epochs * steps_per_epoch + 1):
+  meter = progress.Progress(first_step, total_steps, steps_per_epoch)
+  start, metrics = time.perf_counter(), []
+  for step in range(first_step + 1, total_steps + 1):
     state, m = train_step(state, parallel.shard_batch(next(batches), mesh))
     metrics.append(m)
     if step % tc.log_every_steps == 0:
-      rate = len(metrics) / (time.perf_counter() - tick)
-      logging.info("step %d loss %.4f (%.1f steps/s)", step, float(m["loss"]), rate)
+      line, rate = meter.line(step, float(m["loss"]))
+      _report("%s", line)
       _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
                                       "learning_rate": float(schedule(step))})
     if step % steps_per_epoch == 0:
-      history.append(_end_of_epoch(config, state, metrics, mesh, step // steps_per_epoch))
+      epoch = step // steps_per_epoch
+      test = epoch % tc.eval_every_epochs == 0 or epoch == tc.num_epochs
+      history.append(_end_of_epoch(config, state, metrics, mesh, epoch, test))
       _write_summaries(writer, step, {k: v for k, v in history[-1].items() if k != "epoch"})
-      tick, metrics = time.perf_counter(), []
-    if step % tc.checkpoint_every_steps == 0 or step == tc.num_epochs * steps_per_epoch:
+      metrics = []
+    if step % tc.checkpoint_every_steps == 0 or step == total_steps:
       meta["train_seconds"] += time.perf_counter() - start
       start = time.perf_counter()
       save_checkpoint(manager, state, meta)
   manager.wait_until_finished()
-  writer.close()
+  if writer is not None:
+    writer.close()
 
   results = {
       "config": json.loads(config.to_json()),
       "final_test_top1": history[-1]["test_top1"],
-      "best_test_top1": max(h["test_top1"] for h in history),
+      "best_test_top1": max(h["test_top1"] for h in history if "test_top1" in h),
       "final_test_top5": history[-1]["test_top5"] if info.num_classes > 10 else None,
       "density": density,
       "prune_seconds": meta["prune_seconds"],
       "train_seconds": meta["train_seconds"],
+      "connectivity": meta["connectivity"],
       "history": history,
-      "device": jax.devices()[0].device_kind,
-      "num_devices": jax.device_count(),
+      "provenance": provenance.provenance(),
   }
   if jax.process_index() == 0:
     atomic_files.write_json(os.path.join(workdir, "results.json"), results)
@@ -373,14 +393,21 @@ def _end_of_epoch(
     metrics: list[dict[str, jax.Array]],
     mesh: Mesh,
     epoch: int,
+    test: bool,
 ) -> dict[str, float]:
-  """Evaluates on the test split; returns the epoch's train and test metrics and logs them."""
-  test = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
-      config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)))
+  """The epoch's mean train loss and accuracy and, if `test`, its test-split metrics; logs them."""
   record = {"epoch": epoch,
             "train_loss": float(np.mean([m["loss"] for m in metrics])),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics])),
-            "test_loss": test["loss"], "test_top1": test["top1"], "test_top5": test["top5"]}
-  logging.info("epoch %d: train loss %.4f, test top-1 %.4f, top-5 %.4f", epoch,
-               record["train_loss"], record["test_top1"], record["test_top5"])
+            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics]))}
+  if not test:
+    _report("epoch %d/%d done: train loss %.4f", epoch, config.train.num_epochs,
+            record["train_loss"])
+    return record
+  rows = parallel.process_rows(config.train.eval_batch_size, mesh)
+  result = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
+      config.dataset, batch_size=rows.stop - rows.start, data_dir=config.data_dir)))
+  record |= {"test_loss": result["loss"], "test_top1": result["top1"],
+             "test_top5": result["top5"]}
+  _report("epoch %d/%d done: train loss %.4f, test top-1 %.2f%%", epoch,
+          config.train.num_epochs, record["train_loss"], 100 * record["test_top1"])
   return record

@@ -1,14 +1,28 @@
 """Shared fixtures: tiny models and batches, float64 mode, and one prepared Fashion-MNIST."""
 
 import fcntl
+import importlib
 import os
 import pathlib
+import sys
+import types
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
+
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
+
+
+def import_experiment(name: str) -> types.ModuleType:
+  """Imports `experiments/<name>.py` by its plain name, as its scripts import each other
+  (`import benchmark`), so each is loaded once and its absl flags are defined once."""
+  if str(EXPERIMENTS) not in sys.path:
+    sys.path.append(str(EXPERIMENTS))
+  return importlib.import_module(name)
 
 
 @pytest.fixture

@@ -1,31 +1,32 @@
 """Smoke test of experiments/benchmark.py: runs its measurements in-process (no timing asserts)."""
 
-import importlib.util
 import json
 import math
+import os
 import pathlib
+import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from conftest import import_experiment
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "benchmark.py"
+from prospr_jax import models
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load_benchmark():
-  """Imports experiments/benchmark.py once (experiments/ is not a package; its absl flags
-  can only be defined once per process)."""
-  name = "prospr_benchmark"
-  if name not in sys.modules:
-    spec = importlib.util.spec_from_file_location(name, _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-  return sys.modules[name]
+def _python(*args: str) -> subprocess.CompletedProcess:
+  """Runs `python args` in the repository root with it on PYTHONPATH."""
+  env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+  return subprocess.run([sys.executable, *args], cwd=_ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-  return _load_benchmark()
+  return import_experiment("benchmark")
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_every_time_and_ratio_is_positive_and_finite(results):
   for name, t in results["times"].items():
     assert _positive_finite(t["compile_ms"]), name
     assert _positive_finite(t["run_ms"]), name
+    assert _positive_finite(t["peak_mib"]), name
   assert len(results["ratios"]) == len(ks) + 3
   for name, ratio in results["ratios"].items():
     assert _positive_finite(ratio), name
@@ -71,3 +73,33 @@ def test_results_are_json_and_report_lists_every_target(results, benchmark):
   report = benchmark.format_report(results)
   assert report.count("target ") == len(results["targets"]) == 3
   assert results["device"]["device_kind"] in report
+
+
+def test_library_and_benchmarks_import_no_tensorflow_tfds_or_ml_collections():
+  # GPU/TPU VMs often have just jax, flax, optax and absl (issue 11).
+  code = """
+import sys
+sys.path.append("experiments")
+import prospr_jax, prospr_jax.training, gpu_benchmark  # imports benchmark
+from prospr_jax.saliency.prospr import meta_gradient
+bad = [m for m in ("tensorflow", "tensorflow_datasets", "ml_collections") if m in sys.modules]
+assert not bad, bad
+"""
+  result = _python("-c", code)
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar10_vgg16", "tinyimagenet_resnet18"])
+def test_presets_build_their_model_at_their_input_shape(benchmark, name):
+  preset = benchmark.PRESETS[name]
+  model = models.get_model(preset["model_name"], preset["num_classes"])
+  x = jax.ShapeDtypeStruct((2, *preset["input_shape"]), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert logits.shape == (2, preset["num_classes"])
+
+
+def test_preset_refuses_the_flags_it_sets():
+  result = _python("experiments/benchmark.py", "--preset=cifar10_vgg16", "--model=resnet20")
+  assert result.returncode != 0
+  assert "--preset sets --model" in result.stderr

@@ -23,6 +23,6 @@ def test_config_is_consistent(name):
 
 def test_paper_configs_follow_the_paper_protocol():
   config = importlib.import_module("configs.cifar10_vgg16").get_config()
-  assert (config.model, config.dataset) == ("vgg16", "cifar10")
+  assert (config.model, config.dataset) == ("vgg16_prospr", "cifar10")
   assert config.train.num_epochs == 200 and config.train.batch_size == 256
   assert config.train.lr_schedule == "step" and tuple(config.train.lr_decay_fractions) == (0.5, 0.75)

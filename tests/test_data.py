@@ -1,6 +1,7 @@
 """Input pipelines: real offline Fashion-MNIST, mocked TFDS sets, determinism, errors."""
 
 import gzip
+import itertools
 import pathlib
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from prospr_jax.data import eval_batches, get_dataset_info, train_batches  # noqa: E402
-from prospr_jax.data import fashion_mnist_local  # noqa: E402
+from prospr_jax.data import fashion_mnist_local, input_pipeline  # noqa: E402
 
 FMNIST_DIR = pathlib.Path(fashion_mnist_local.DEFAULT_SOURCE_DIR)
 needs_fmnist = pytest.mark.skipif(
@@ -80,6 +81,35 @@ def test_train_batches_are_deterministic(fmnist_train):
   # The shuffle depends on the seed only, not on `augment`.
   assert not np.array_equal(fmnist_train["seed0"][0]["label"],
                             fmnist_train["seed1_plain"][0]["label"][:256])
+
+
+@needs_fmnist
+@pytest.mark.parametrize("cached", [True, False])
+def test_processes_rows_make_the_global_batches(fashion_mnist_data_dir, monkeypatch, cached):
+  """Rows [0, 16) and [16, 64) of each global batch, read by two "processes", are the global
+  batch that one process reads: same examples, order and augmentation, cached or not (sets
+  too large to cache are decoded after the rows are chosen)."""
+  if not cached:
+    monkeypatch.setattr(input_pipeline, "_CACHE_BYTES", 0)
+
+  def batches(rows=None, num_epochs=None, n=3):
+    it = train_batches("fashion_mnist", batch_size=64, seed=2, data_dir=fashion_mnist_data_dir,
+                       rows=rows, num_epochs=num_epochs)
+    return list(itertools.islice(it, n))
+
+  whole = batches()
+  for a, b, g in zip(batches(slice(0, 16)), batches(slice(16, 64)), whole, strict=True):
+    assert a["image"].shape == (16, 28, 28, 1) and b["label"].shape == (48,)
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), g[key])
+  if cached:  # a finite pass ends with the last complete global batch on every process: the
+    # 60000 % 64 = 32 examples left would fill rows [0, 16) of one more batch, not the others.
+    assert len(batches(slice(0, 16), num_epochs=1, n=None)) == 60000 // 64
+
+
+def test_rows_must_be_a_slice_of_the_batch():
+  with pytest.raises(ValueError, match=r"rows=slice\(8, 8, None\) must be a non-empty slice"):
+    train_batches("fashion_mnist", batch_size=8, seed=0, rows=slice(8, 8))
 
 
 @needs_fmnist

@@ -12,6 +12,7 @@ import pytest
 
 from prospr_jax.models import MODEL_NAMES, get_model, init_variables
 from prospr_jax.models.convnet import max_pool_2x2
+from prospr_jax.models.resnet import zero_pad_shortcut
 
 MNIST = (28, 28, 1)
 CIFAR = (32, 32, 3)
@@ -67,6 +68,8 @@ def _basic_resnet_params(stage_sizes, widths, in_ch: int, num_classes: int) -> i
 
 # --- Parameter counts. -----------------------------------------------------------------------
 
+_VGG16 = [64, 64, 128, 128, 256, 256, 256] + [512] * 6  # conv widths
+
 @pytest.mark.parametrize(
     "name, input_shape, num_classes, expected",
     [
@@ -82,7 +85,7 @@ def _basic_resnet_params(stage_sizes, widths, in_ch: int, num_classes: int) -> i
          _conv_bn(1, 16) + _conv_bn(16, 32) + _conv_bn(32, 64) + _conv_bn(64, 64)
          + _dense(64, 10)),
         ("vgg11", CIFAR, 10, _vgg_params([64, 128, 256, 256] + [512] * 4, 3, 10)),
-        ("vgg16", CIFAR, 10, _vgg_params([64, 64, 128, 128, 256, 256, 256] + [512] * 6, 3, 10)),
+        ("vgg16", CIFAR, 10, _vgg_params(_VGG16, 3, 10)),
         ("vgg19", CIFAR, 100,
          _vgg_params([64, 64, 128, 128] + [256] * 4 + [512] * 8, 3, 100)),
         # Option A (no shortcut params) gives the published 269,722 (0.27M); option B adds the
@@ -91,6 +94,13 @@ def _basic_resnet_params(stage_sizes, widths, in_ch: int, num_classes: int) -> i
         ("resnet20", CIFAR, 10, _basic_resnet_params((3, 3, 3), (16, 32, 64), 3, 10)),
         ("resnet32", CIFAR, 10, _basic_resnet_params((5, 5, 5), (16, 32, 64), 3, 10)),
         ("resnet56", CIFAR, 10, _basic_resnet_params((9, 9, 9), (16, 32, 64), 3, 10)),
+        ("resnet20_prospr", CIFAR, 10, 269_722),  # option A: no shortcut params
+        ("resnet20_prospr", CIFAR, 10, _basic_resnet_params((3, 3, 3), (16, 32, 64), 3, 10)
+         - _conv_bn(16, 32, k=1) - _conv_bn(32, 64, k=1)),
+        # The authors' VGG-16: the zoo's layers plus a bias on each of the 13 convs.
+        ("vgg16_prospr", CIFAR, 10, _vgg_params(_VGG16, 3, 10) + sum(_VGG16)),
+        ("resnet18_prospr", (64, 64, 3), 200,
+         _basic_resnet_params((2, 2, 2, 2), (64, 128, 256, 512), 3, 200)),
         ("resnet18", CIFAR, 10, 11_173_962),
         ("resnet18", CIFAR, 10,
          _basic_resnet_params((2, 2, 2, 2), (64, 128, 256, 512), 3, 10)),
@@ -131,15 +141,19 @@ def test_abstract_forward_shape_and_param_layout(name):
     assert (len(shape) > 1) == path.endswith("/kernel"), path
   has_bn = any(p.endswith("/scale") for p in params)
   assert ("batch_stats" in variables) == has_bn
-  if has_bn:  # convs feeding a BatchNorm carry no bias
-    assert not any(p.endswith("/bias") and "bn" not in p.split("/")[-2] and
-                   not p.startswith("head/") for p in params)
+  conv_biases = [p for p in params if p.endswith("/bias") and "bn" not in p.split("/")[-2]
+                 and not p.startswith("head/")]
+  if name == "vgg16_prospr":  # the authors' (torchvision's) convs keep their biases
+    assert len(conv_biases) == 13
+  elif has_bn:  # convs feeding a BatchNorm carry no bias
+    assert not conv_biases
 
 
 def test_input_size_taken_from_data():
-  for shape in [(64, 64, 3), (32, 32, 3)]:
-    variables = _abstract_variables(get_model("vgg16", 200), shape)
-    assert _paths(variables["params"])["head/kernel"] == (512, 200)
+  for name in ("vgg16", "vgg16_prospr"):
+    for shape in [(64, 64, 3), (32, 32, 3)]:
+      variables = _abstract_variables(get_model(name, 200), shape)
+      assert _paths(variables["params"])["head/kernel"] == (512, 200)
   # LeNet-5 flattens whatever the conv stack produces.
   assert _paths(_abstract_variables(get_model("lenet5", 10), CIFAR)["params"])["fc1/kernel"] == (
       576, 120)
@@ -154,6 +168,10 @@ def test_resnet_shortcuts():
   assert sum("shortcut_conv" in p for p in r20) == 2
   assert r20["stem_conv/kernel"] == (3, 3, 3, 16)
 
+  r20a = _paths(_abstract_variables(get_model("resnet20_prospr", 10), CIFAR)["params"])
+  assert not any("shortcut" in p for p in r20a)  # option A: parameter-free
+  assert set(r20a) == {p for p in r20 if "shortcut" not in p}
+
   r50 = _paths(_abstract_variables(get_model("resnet50", 1000), IMAGENET)["params"])
   assert r50["stem_conv/kernel"] == (7, 7, 3, 64)
   assert r50["stage1_block0/shortcut_conv/kernel"] == (1, 1, 64, 256)  # channel change
@@ -161,6 +179,30 @@ def test_resnet_shortcuts():
   assert r50["stage4_block2/conv3/kernel"] == (1, 1, 512, 2048)
   assert sum("shortcut_conv" in p for p in r50) == 4
   assert r50["head/kernel"] == (2048, 1000)
+
+
+# --- Option-A shortcut. ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "shape, out_features, strides, before",
+    [((2, 8, 8, 16), 32, 2, 8),  # the CIFAR ResNets: planes // 4 = 8 zero channels each side
+     ((1, 5, 7, 3), 8, 2, 2),  # odd sizes: rows/cols 0, 2, 4 (and 6); 2 zeros before, 3 after
+     ((1, 4, 4, 2), 2, 1, 0)])  # identity
+def test_zero_pad_shortcut_matches_numpy(shape, out_features, strides, before):
+  x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  b, h, w, c = shape
+  rows, cols = range(0, h, strides), range(0, w, strides)
+  expected = np.zeros((b, len(rows), len(cols), out_features), np.float32)
+  for i, r in enumerate(rows):
+    for j, col in enumerate(cols):
+      expected[:, i, j, before:before + c] = x[:, r, col, :]
+  np.testing.assert_array_equal(zero_pad_shortcut(jnp.asarray(x), out_features, strides),
+                                expected)
+
+
+def test_zero_pad_shortcut_cannot_drop_channels():
+  with pytest.raises(ValueError, match="cannot map 4 to 2 channels"):
+    zero_pad_shortcut(jnp.zeros((1, 2, 2, 4)), 2, 1)
 
 
 # --- Real forward passes for the small models. -----------------------------------------------
@@ -225,7 +267,8 @@ def test_max_pool_2x2_matches_flax(shape):
 
 def test_model_names():
   assert set(MODEL_NAMES) == {"lenet300100", "lenet5", "small_convnet", "vgg11", "vgg16",
-                              "vgg19", "resnet20", "resnet32", "resnet56", "resnet18",
+                              "vgg19", "vgg16_prospr", "resnet20", "resnet20_prospr",
+                              "resnet32", "resnet56", "resnet18", "resnet18_prospr",
                               "resnet50"}
 
 

@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import numpy as np
+import pytest
 
 import multi_device_check  # tests/ is on sys.path (pytest's rootdir-relative import)
-from prospr_jax import train
+from configs import default as default_config
+from prospr_jax import parallel, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,3 +112,20 @@ def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path, fashion_mn
   for a, b in zip(jax.tree.leaves(_final_params(reference)),
                   jax.tree.leaves(_final_params(killed))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_cluster_fields_without_enabled_are_refused():
+  config = default_config.get_config().distributed
+  parallel.initialize_distributed(config)  # disabled, nothing set: a single-process run
+  config.coordinator_address, config.process_id = "10.0.0.1:1234", 1
+  with pytest.raises(ValueError, match=r"config.distributed.\{coordinator_address, process_id\} "
+                                       "set but config.distributed.enabled is False"):
+    parallel.initialize_distributed(config)
+
+
+def test_one_process_feeds_every_row_of_the_global_batch():
+  mesh = parallel.data_mesh()
+  assert parallel.process_rows(96, mesh) == slice(0, 96)
+  with pytest.raises(ValueError, match=r"batch size 7 \(global, over all processes\) must be "
+                                       r"divisible by the number of devices"):
+    parallel.check_batch_size(7, types.SimpleNamespace(size=2))  # a mesh of 2 devices

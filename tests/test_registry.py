@@ -1,5 +1,7 @@
 """`prune`: the method registry, clear errors, and use from plain JAX, Flax linen and NNX."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,35 @@ def test_bad_sparsity_fails_before_scoring():
   with pytest.raises(ValueError, match="outside"):
     pj.prune("prospr", mlp_params(jax.random.PRNGKey(0)), 1.0, loss_fn=mlp_loss,
              batches=make_batches(jax.random.PRNGKey(1), 4))
+
+
+@pytest.mark.parametrize("method, options, accepted", [
+    ("snip", {"num_stepz": 3}, "it takes no options"),
+    ("prospr", {"num_stepz": 3}, r"its options are \['num_steps', 'optimizer', 'remat'\]"),
+    ("synflow", {"num_steps": 3, "float64": True}, r"its options are \['float64', 'num_rounds'\]"),
+])
+def test_unknown_option_names_the_accepted_ones(method, options, accepted):
+  with pytest.raises(ValueError, match=rf"Method '{method}' has no option\(s\) \['num_step[sz]'\]: "
+                                       + accepted):
+    pj.prune(method, mlp_params(jax.random.PRNGKey(0)), 0.5, loss_fn=mlp_loss,
+             batches=make_batches(jax.random.PRNGKey(1), 1), apply_fn=lambda p, x: x,
+             input_shape=(6,), **options)
+
+
+@pytest.mark.parametrize("sparsity", ["0.9", None, True, [0.9]])
+def test_non_numeric_sparsity_is_a_type_error(sparsity):
+  with pytest.raises(TypeError, match=r"sparsity must be a number in \[0, 1\).*got "
+                                      + re.escape(repr(sparsity))):
+    pj.prune("magnitude", mlp_params(jax.random.PRNGKey(0)), sparsity)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_integer_or_boolean_params_are_refused(dtype):
+  params = mlp_params(jax.random.PRNGKey(0))
+  params["l2"]["kernel"] = jnp.ones((5, 3), dtype)
+  name = jnp.dtype(dtype).name
+  with pytest.raises(TypeError, match=rf"not floating point: 'l2/kernel' \({name}\)"):
+    pj.prune("magnitude", params, 0.5)
 
 
 def test_nan_scores_from_a_diverging_inner_loop_are_an_error():

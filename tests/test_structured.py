@@ -525,7 +525,7 @@ def test_prune_at_init_uses_structured_prune():
   config = ml_collections.ConfigDict({"prune": {
       "method": "magnitude", "structured": True, "sparsity": 0.5, "min_kept_per_layer": 1,
       "allocation": "global", "exclude": (), "batch_size": 4, "num_batches": 1,
-      "num_steps": 1}})
+      "num_steps": 1, "batchnorm_mode": None, "sanity_check": None}})
   model, shape = MODELS["small_convnet"]()
   variables, _ = _setup(model, shape)
   masks = train.prune_at_init(config, model, variables, shape, jax.random.key(0), mesh=None)
@@ -554,6 +554,17 @@ def test_unsupported_method_is_a_clear_error():
     structured.structured_prune("magnitude", model, variables, None, 1.0)
   with pytest.raises(ValueError, match="allocation 'global' or 'uniform', not 'erk'"):
     structured.structured_prune("magnitude", model, variables, None, 0.5, allocation="erk")
+  with pytest.raises(ValueError, match=r"'snip' has no option\(s\) \['num_steps'\]: it takes no"):
+    structured.structured_prune("snip", model, variables, batch, 0.5, num_steps=1)
+  with pytest.raises(ValueError, match=r"'prospr' has no option\(s\) \['num_stepz'\]: its options"):
+    structured.structured_prune("prospr", model, variables, batch, 0.5, num_stepz=1)
+  with pytest.raises(TypeError, match="sparsity must be a number"):
+    structured.structured_prune("magnitude", model, variables, None, "half")
+  int_variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.int32),
+                                                       variables["params"])}
+  with pytest.raises(TypeError, match="not floating point"):
+    structured.structured_prune("magnitude", model, int_variables, None, 0.5,
+                                example_input=_example(shape))
 
 
 def test_lenet5_flatten_groups():

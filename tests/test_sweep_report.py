@@ -173,7 +173,8 @@ def synthetic_records():
       layers = {} if method == "dense" else {
           n: (1 - s) * (i + 1) / 2 + 0.01 * seed for i, n in enumerate(LAYERS)}
       records.append({"method": method, "sparsity": s, "seed": seed, "final_test_top1": acc,
-                      "density_total": 1 - s, "layer_density": layers})
+                      "density_total": 1 - s, "layer_density": layers, "git_commit": "c1",
+                      "git_dirty": False, "workdir": f"{method}/{s}/{seed}"})
   return records
 
 
@@ -232,3 +233,93 @@ def test_layer_densities_default_and_missing_sparsity():
   np.testing.assert_allclose(densities["snip"], [0.01 * (i + 1) / 2 + 0.005 for i in range(3)])
   with pytest.raises(ValueError, match="No per-layer densities"):
     report.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
+
+
+def test_arms_set_their_modifiers_and_run_dirs():
+  base = small_config()
+  base.prune.allocation = "global"
+  base.prune.sanity_check = None
+  grid = sweep.expand_grid(["prospr+shuffle", "random+erk", "dense+x2"], [0.9], [0],
+                           include_dense=True)
+  assert [str(p) for p in grid] == [
+      "dense seed=0", "dense+x2 seed=0", "prospr+shuffle sparsity=0.9 seed=0",
+      "random+erk sparsity=0.9 seed=0"]
+  dense_x2, shuffle, erk = (sweep.point_config(base, p) for p in grid[1:])
+  assert (dense_x2.prune.method, dense_x2.train.num_epochs, dense_x2.sweep_arm) == (
+      "dense", 2, "dense+x2")
+  assert (shuffle.prune.method, shuffle.prune.sanity_check) == ("prospr", "shuffle")
+  assert (erk.prune.method, erk.prune.allocation) == ("random", "erk")
+  assert base.train.num_epochs == 1 and base.prune.sanity_check is None
+  assert sweep.run_dir("/r", grid[1]) == os.path.join("/r", "dense+x2", "seed0")
+  assert sweep.run_dir("/r", grid[2]) == os.path.join("/r", "prospr+shuffle", "s0.9", "seed0")
+  with pytest.raises(ValueError, match="Bad sweep arm 'snip\\+shufle'"):
+    sweep.expand_grid(["snip+shufle"], [0.9], [0])
+
+
+def test_records_carry_arm_connectivity_and_commit():
+  config = sweep.point_config(small_config(), sweep.GridPoint("prospr+shuffle", 0.9, 1))
+  results = {
+      "config": json.loads(config.to_json()), "final_test_top1": 0.5,
+      "connectivity": {"effective_density/total": 0.07, "inactive_fraction": 0.3,
+                       "empty_layers": [], "disconnected_layers": ["a", "b"]},
+      "provenance": {"git_commit": "abc", "git_dirty": False},
+  }
+  record = sweep.record_from_results(results)
+  assert (record["method"], record["prune_method"], record["sparsity"], record["seed"]) == (
+      "prospr+shuffle", "prospr", 0.9, 1)
+  assert (record["effective_density_total"], record["inactive_fraction"],
+          record["num_empty_layers"], record["num_disconnected_layers"]) == (0.07, 0.3, 0, 2)
+  assert (record["git_commit"], record["git_dirty"]) == ("abc", False)
+
+
+def _record(method, sparsity, seed, acc, commit="c1", **extra):
+  return {"method": method, "sparsity": sparsity, "seed": seed, "final_test_top1": acc,
+          "git_commit": commit, "git_dirty": False, "workdir": f"{method}/{sparsity}/{seed}",
+          **extra}
+
+
+def test_paired_differences_and_student_t_interval():
+  prospr, snip = (0.80, 0.83, 0.81), (0.78, 0.80, 0.82)
+  records = ([_record("prospr", 0.9, s, a) for s, a in enumerate(prospr)]
+             + [_record("snip", 0.9, s, a) for s, a in enumerate(snip)]
+             + [_record("snip", 0.99, 0, 0.5), _record("prospr", 0.99, 0, 0.6)])
+  diffs = report.paired_differences(records)
+  d = 100 * (np.array(prospr) - np.array(snip))  # [2, 3, -1]
+  half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
+  got = diffs[("snip", 0.9)]
+  assert got.n == 3 and got.mean == pytest.approx(d.mean())
+  assert (got.low, got.high) == pytest.approx((d.mean() - half, d.mean() + half))
+  single = diffs[("snip", 0.99)]
+  assert single.n == 1 and single.mean == pytest.approx(10.0) and np.isnan(single.low)
+  rows = parse_table(report.paired_table(records))
+  assert rows["snip"] == [report.format_interval(got), "+10.00 (n=1)"]
+
+
+def test_report_refuses_mixed_commits_unless_allowed(tmp_path):
+  records = [_record("prospr", 0.9, 0, 0.8, "c1"), _record("snip", 0.9, 0, 0.7, "c2")]
+  with pytest.raises(ValueError, match=r"2 commit\(s\).*c1: \['prospr'\].*c2: \['snip'\]"):
+    report.write_report(records, str(tmp_path))
+  dirty = [_record("prospr", 0.9, 0, 0.8), {**_record("snip", 0.9, 0, 0.7), "git_dirty": True}]
+  with pytest.raises(ValueError, match="1 run\\(s\\) from a modified tree"):
+    report.check_provenance(dirty)
+  assert report.check_provenance(records, allow_mixed=True) == ["c1", "c2"]
+  report.write_report(records, str(tmp_path), allow_mixed_commits=True)
+  assert "c1, c2" in (tmp_path / report.TABLE_FILE).read_text()
+
+
+def test_report_sections_for_a_study(tmp_path):
+  records = [_record("dense", 0.0, s, 0.9 + 0.001 * s) for s in range(2)]
+  records += [_record("dense+x2", 0.0, s, 0.902 + 0.001 * s) for s in range(2)]
+  for method, acc in (("prospr", 0.85), ("snip", 0.84), ("prospr+shuffle", 0.80)):
+    records += [_record(method, 0.98, s, acc, effective_density_total=0.015,
+                        inactive_fraction=0.25, num_disconnected_layers=int(s == 1),
+                        prune_seconds=2.0 + s) for s in range(2)]
+  report.write_report(records, str(tmp_path))
+  text = (tmp_path / report.TABLE_FILE).read_text()
+  main = parse_table(text.split("\n\n")[2])
+  assert "prospr+shuffle" not in main and set(main) >= {"dense", "prospr", "snip"}
+  assert "| snip | +1.00 [+1.00, +1.00] |" in text
+  assert "| prospr | 1.50 / 25% / 1 disc. |" in text
+  assert "| dense+x2 | 90.20 | 90.30 | 90.25 ± 0.07 |" in text
+  assert "| prospr+shuffle | 80.00 ± 0.00 |" in text
+  assert "| prospr | 2.5 | 2.0 | 3.0 | 2 |" in text

@@ -31,7 +31,11 @@ def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(
   # A short run on real Fashion-MNIST learns: far above the 10% of chance.
   assert results["final_test_top1"] > 0.4
   assert set(on_disk) >= {"config", "best_test_top1", "density", "prune_seconds",
-                          "train_seconds", "history"}
+                          "train_seconds", "history", "connectivity", "provenance"}
+  assert on_disk["provenance"]["git_commit"] is None or len(on_disk["provenance"]["git_commit"]) == 40
+  # LeNet-300-100 at 90%: every layer keeps weights on input-output paths.
+  assert 0.0 < on_disk["connectivity"]["effective_density/total"] <= 0.1 + 1e-9
+  assert on_disk["connectivity"]["disconnected_layers"] == []
 
   state = train.load_run(workdir)[2]
   masks = pj.load_masks(os.path.join(workdir, "masks.npz"), state.params)

@@ -27,9 +27,14 @@ Preprocessing, by the kind of image:
 Pixels are then scaled to [0, 1] and normalized with the data set's per-channel
 mean and std (`_MEAN_STD`); data sets without known constants stay in [0, 1].
 
-Multi-host: every process reads its own slice of each split
-(`tfds.split_for_jax_process`), and `batch_size` is the per-process batch size
-(the global batch is `batch_size * jax.process_count()`).
+Multi-host: `train_batches` takes the global batch size and the rows of every
+global batch that this process feeds (`rows`); every process runs the same
+shuffle of the whole split and keeps and augments only its own rows, so a global
+batch holds the same examples in the same order, with the same augmentation,
+whatever the number of processes. Sets small enough to cache in memory are
+decoded once in full; larger ones are decoded only for this process's rows. `eval_batches` reads this
+process's slice of the evaluation split (`tfds.split_for_jax_process`); metrics
+are sums over all examples, so their order does not matter.
 """
 
 import dataclasses
@@ -202,45 +207,58 @@ def _augment(image: tf.Tensor, seed: tf.Tensor, variable_size: bool) -> tf.Tenso
 
 
 def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None = None,
-                  augment: bool = True,
-                  num_epochs: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled, augmented training batches of this process's slice of `'train'`.
+                  augment: bool = True, num_epochs: int | None = None,
+                  rows: slice | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled, augmented training batches: rows `rows` of every global batch of `'train'`.
 
   Args:
     name: data set name (see the module docstring).
-    batch_size: examples per batch on this process.
+    batch_size: examples per global batch (over all processes).
     seed: seeds the shuffling (reshuffled every epoch) and the augmentation; the
-      same seed gives the same batches.
+      same seed gives the same global batches.
     data_dir: TFDS data directory (`None`: TFDS default).
     augment: apply the training augmentation (module docstring); if False the
       images are only normalized (variable-size images get the eval crop).
     num_epochs: passes over the data; `None` repeats forever. Batches run across
       epoch boundaries; only the last incomplete batch is dropped.
+    rows: the rows of every global batch that this process yields, e.g.
+      `slice(64, 128)`; `None`: all of them. The other rows are not augmented
+      here (nor decoded, for sets too large to cache).
 
   Yields:
-    `{'image': float32 [batch_size, H, W, C], 'label': int32 [batch_size]}` numpy
-    arrays, with (H, W, C) = `get_dataset_info(name).image_shape`.
+    `{'image': float32 [n, H, W, C], 'label': int32 [n]}` numpy arrays, with
+    `n` the number of `rows` and (H, W, C) = `get_dataset_info(name).image_shape`.
 
   Raises:
     ValueError, FileNotFoundError: as `get_dataset_info`.
   """
+  start, stop, step = (rows or slice(None)).indices(batch_size)
+  if step != 1 or start >= stop:
+    raise ValueError(f"rows={rows} must be a non-empty slice of the {batch_size} batch rows.")
   builder = _builder(name, data_dir)
   variable_size = _variable_size(builder)
-  split = tfds.split_for_jax_process("train", drop_remainder=True)
-  num_examples = builder.info.splits[split].num_examples
+  num_examples = builder.info.splits["train"].num_examples
   cache = (not variable_size
            and num_examples * math.prod(builder.info.features["image"].shape) <= _CACHE_BYTES)
-  ds = builder.as_dataset(split=split, shuffle_files=not cache,
-                          read_config=tfds.ReadConfig(shuffle_seed=seed))
+  image_feature = builder.info.features["image"]
+  # Sets too large to cache are decoded after `filter`, i.e. only this process's rows.
+  ds = builder.as_dataset(split="train", shuffle_files=not cache,
+                          read_config=tfds.ReadConfig(shuffle_seed=seed),
+                          decoders=None if cache else {"image": tfds.decode.SkipDecoding()})
   ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
   if cache:
     ds = ds.cache()
   ds = ds.shuffle(num_examples if cache else _SHUFFLE_BUFFER, seed=seed,
                   reshuffle_each_iteration=True)
-  ds = ds.repeat(num_epochs).enumerate()
+  ds = ds.repeat(num_epochs)
+  if num_epochs is not None:  # drop the last incomplete global batch
+    ds = ds.take(num_examples * num_epochs // batch_size * batch_size)
+  ds = ds.enumerate()
+  if (start, stop) != (0, batch_size):
+    ds = ds.filter(lambda index, ex: (start <= index % batch_size) & (index % batch_size < stop))
 
   def preprocess(index: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    image = ex["image"]
+    image = ex["image"] if cache else image_feature.decode_example(ex["image"])
     if augment:
       image = _augment(image, tf.stack([tf.constant(seed, tf.int64), index]), variable_size)
     elif variable_size:
@@ -248,7 +266,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     return {"image": _normalize(name, image), "label": tf.cast(ex["label"], tf.int32)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds))
 
 

@@ -5,6 +5,11 @@ float32 NHWC images `[batch, height, width, channels]` and returns logits
 `[batch, num_classes]`; the input size is taken from the data at `init`. The classifier is
 the Dense layer named `head` (`params/head/kernel`); conv and dense kernels are the only
 parameters with `ndim > 1`. BatchNorm statistics live in the `batch_stats` collection.
+
+`resnet20_prospr`, `vgg16_prospr` and `resnet18_prospr` are the networks of the ProsPr
+authors' code (mil-ad/prospr), layers and init distributions included, which the paper
+configs train; `resnet20`, `vgg16` and `resnet18` are this zoo's variants (option-B
+shortcuts, five pools and bias-free convs, He-normal fan-in init).
 """
 
 from __future__ import annotations
@@ -18,18 +23,23 @@ import jax.numpy as jnp
 
 from prospr_jax.models.convnet import LeNet5, SmallConvNet
 from prospr_jax.models.mlp import LeNet300100
-from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet, resnet18, resnet50
-from prospr_jax.models.vgg import VGG, VGG_CONFIGS
+from prospr_jax.models.resnet import (
+    BasicBlock, Bottleneck, ResNet, cifar_resnet, resnet18, resnet18_prospr, resnet20_prospr,
+    resnet50)
+from prospr_jax.models.vgg import VGG, VGG_CONFIGS, vgg16_prospr
 
 _REGISTRY: dict[str, Callable[[int], nn.Module]] = {
     "lenet300100": LeNet300100,
     "lenet5": LeNet5,
     "small_convnet": SmallConvNet,
     **{name: functools.partial(VGG, config=config) for name, config in VGG_CONFIGS.items()},
+    "vgg16_prospr": vgg16_prospr,
     "resnet20": functools.partial(cifar_resnet, 20),
+    "resnet20_prospr": resnet20_prospr,
     "resnet32": functools.partial(cifar_resnet, 32),
     "resnet56": functools.partial(cifar_resnet, 56),
     "resnet18": resnet18,
+    "resnet18_prospr": resnet18_prospr,
     "resnet50": resnet50,
 }
 

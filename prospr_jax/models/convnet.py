@@ -2,12 +2,15 @@
 
 Conventions shared by every convolutional model in `prospr_jax.models`:
 
-* Convolutions that feed a BatchNorm have no bias (as in the PyTorch originals). Conv
-  kernels use He-normal fan-in initialisation (`nn.initializers.kaiming_normal()`: variance
+* Convolutions that feed a BatchNorm have no bias (as in the PyTorch originals), except in
+  `vgg16_prospr` (the ProsPr authors' VGG keeps torchvision's conv biases). Conv kernels use
+  He-normal fan-in initialisation (`nn.initializers.kaiming_normal()`: variance
   `2 / fan_in`), the variance of `torch.nn.init.kaiming_normal_` with its default
   `mode='fan_in'` as used by the GraSP-style CIFAR VGG/ResNet code (Flax draws from a
-  truncated normal rescaled to that variance, PyTorch from a plain normal). The ImageNet
-  ResNet-50 follows torchvision instead (fan-out, see `resnet.py`).
+  truncated normal rescaled to that variance, PyTorch from a plain normal); dense layers
+  the Flax default (LeCun normal kernel, zero bias). The ImageNet ResNet-50 follows
+  torchvision instead (fan-out, see `resnet.py`), and the `*_prospr` networks draw exactly
+  as the ProsPr authors' PyTorch code (`torch_init.py`).
 * Padding is explicit, `kernel_size // 2` on each side like PyTorch, so strided convolutions
   sample the same positions as the PyTorch models (Flax's 'SAME' pads asymmetrically).
 * BatchNorm is `nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)`;
@@ -24,6 +27,9 @@ Initializer = jax.nn.initializers.Initializer
 
 CONV_INIT: Initializer = nn.initializers.kaiming_normal()
 """He-normal, fan-in (`torch.nn.init.kaiming_normal_` default mode) conv kernel init."""
+
+DENSE_INIT: Initializer = nn.initializers.lecun_normal()
+"""Flax's default `nn.Dense` kernel init (LeCun normal), the zoo's `head` kernel init."""
 
 
 def conv(
@@ -57,20 +63,25 @@ def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
 
 
 class ConvBNReLU(nn.Module):
-  """`relu(bn(conv(x)))`, a bias-free 3x3 stride-1 conv, padding 1: `[B, H, W, C] -> [B, H, W, features]`.
+  """`relu(bn(conv(x)))`, a 3x3 stride-1 conv, padding 1: `[B, H, W, C] -> [B, H, W, features]`.
 
-  Submodules are named `conv` and `bn`, so params are `<name>/conv/kernel`,
-  `<name>/bn/{scale,bias}` and the running statistics `batch_stats/<name>/bn/{mean,var}`.
+  Submodules are named `conv` and `bn`, so params are `<name>/conv/kernel` (and
+  `<name>/conv/bias` with `use_bias`, initialised to 0), `<name>/bn/{scale,bias}` and the
+  running statistics `batch_stats/<name>/bn/{mean,var}`.
 
   Attributes:
     features: output channels.
+    use_bias: whether the conv adds a bias (redundant before BatchNorm; PyTorch's default).
+    kernel_init: conv kernel initializer.
   """
 
   features: int
+  use_bias: bool = False
+  kernel_init: Initializer = CONV_INIT
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = conv(self.features, 3, name="conv")(x)
+    x = conv(self.features, 3, use_bias=self.use_bias, kernel_init=self.kernel_init, name="conv")(x)
     return nn.relu(batch_norm(train, name="bn")(x))
 
 

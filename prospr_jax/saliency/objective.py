@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,10 @@ import jax.numpy as jnp
 PyTree = Any
 StatefulLossFn = Callable[[PyTree, PyTree, PyTree], tuple[jax.Array, PyTree]]
 PlainLossFn = Callable[[PyTree, PyTree], jax.Array]
+BatchNormMode = Literal["train", "eval"]
+"""How BatchNorm runs while a criterion scores: 'train' normalizes with each batch's statistics,
+'eval' with the running statistics in the model state (at initialization mean 0, variance 1)."""
+BATCHNORM_MODES: tuple[BatchNormMode, ...] = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 
 from prospr_jax import masks as masks_lib
+from prospr_jax import sanity
 from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.saliency.objective import BatchNormMode, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,20 +35,34 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method and what it needs."""
+  """A registered pruning method: what it needs, its option names, whether it selects once
+  from one score pytree (`one_shot`) or iterates, and the BatchNorm mode its authors' code
+  scores in (`None` for the methods that run no model). (Channel pruning: see
+  `prospr_jax.structured`.)"""
 
   fn: MethodFn
   needs: tuple[str, ...]
+  options: tuple[str, ...]
+  one_shot: bool
+  batchnorm_mode: BatchNormMode | None
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...]):
-  """Decorator adding a method to `METHODS` under `name`."""
+def register(
+    name: str,
+    *,
+    needs: tuple[str, ...],
+    options: tuple[str, ...] = (),
+    one_shot: bool = False,
+    batchnorm_mode: BatchNormMode | None = None,
+):
+  """Decorator adding a method to `METHODS` under `name` (see `Method` for the fields);
+  `options`: its keyword options."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs)
+    METHODS[name] = Method(fn, needs, options, one_shot, batchnorm_mode)
     return fn
 
   return add
@@ -63,6 +78,7 @@ def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
 
 
 _DATA = ("loss_fn", "batches")
+_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
 
 
 def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
@@ -72,21 +88,27 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   )
 
 
-register("prospr", needs=_DATA)(
+# BatchNorm modes of the authors' code while scoring (docs/methods.md): mil-ad/prospr calls
+# `net.train()`; SNIP (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a
+# fresh model, in train mode; naver/force never leaves train mode; Synaptic-Flow's `prune_loop`
+# calls `model.eval()` for SynFlow.
+register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
+         batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA)(
+register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
+         batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
 
-@register("snip", needs=_DATA)
+@register("snip", needs=_DATA, one_shot=True, batchnorm_mode="eval")
 @_one_shot
 def _snip(inputs: PruneInputs) -> PyTree:
   return snip.snip_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
 
 
-@register("grasp", needs=_DATA)
+@register("grasp", needs=_DATA, one_shot=True, batchnorm_mode="train")
 @_one_shot
 def _grasp(inputs: PruneInputs) -> PyTree:
   return grasp.grasp_scores(
@@ -95,13 +117,13 @@ def _grasp(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("magnitude", needs=())
+@register("magnitude", needs=(), one_shot=True)
 @_one_shot
 def _magnitude(inputs: PruneInputs) -> PyTree:
   return simple.magnitude_scores(inputs.params)
 
 
-@register("random", needs=("key",))
+@register("random", needs=("key",), one_shot=True)
 @_one_shot
 def _random(inputs: PruneInputs) -> PyTree:
   return simple.random_scores(inputs.params, inputs.key)
@@ -114,15 +136,28 @@ def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bo
   )
 
 
-register("iterative_snip", needs=_DATA)(functools.partial(_gradual, allow_regrowth=False))
-register("force", needs=_DATA)(functools.partial(_gradual, allow_regrowth=True))
+register("iterative_snip", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
+    functools.partial(_gradual, allow_regrowth=False)
+)
+register("force", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
+    functools.partial(_gradual, allow_regrowth=True)
+)
 
 
-@register("synflow", needs=("apply_fn", "input_shape"))
+@register("synflow", needs=("apply_fn", "input_shape"), options=("num_rounds", "float64"),
+          batchnorm_mode="eval")
 def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
   return synflow.synflow_masks(
       inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
   )
+
+
+def check_options(method: str, given: Iterable[str], accepted: Sequence[str]) -> None:
+  """Raises ValueError naming the accepted options if `given` holds a name not in `accepted`."""
+  unknown = sorted(set(given) - set(accepted))
+  if unknown:
+    takes = f"its options are {sorted(accepted)}" if accepted else "it takes no options"
+    raise ValueError(f"Method {method!r} has no option(s) {unknown}: {takes}.")
 
 
 def prune(
@@ -139,6 +174,7 @@ def prune(
     filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
     allocation: masks_lib.Allocation = "global",
     min_kept_per_layer: int | None = None,
+    invert: bool = False,
     **options: Any,
 ) -> PyTree:
   """Prunes `params` at initialization with the method registered as `method`.
@@ -157,24 +193,46 @@ def prune(
     key: PRNG key ('random').
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
     allocation, min_kept_per_layer: see `masks_from_scores`.
-    **options: method options, e.g. `num_steps`, `optimizer`, `remat` (ProsPr),
-      `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
+    invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
+      lowest-scored weights, as many as the method would keep there (one-shot methods only;
+      see `prospr_jax.sanity.invert_selection`).
+    **options: the method's options (`METHODS[method].options`): `num_steps`, `optimizer`,
+      `remat` (ProsPr), `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
 
   Returns:
     A bool mask pytree with the structure of `params`.
+
+  Raises:
+    ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
+    TypeError: non-numeric sparsity, params that are not floating point, `structured=`.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
   spec = METHODS[method]
-  inputs = PruneInputs(
-      params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn
-  )
+  if "structured" in options:
+    raise TypeError(
+        "prune() has no structured mode: channel pruning, with the channels that must go "
+        "together traced from the model, is prospr_jax.structured_prune(method, model, "
+        "variables, batches, sparsity)."
+    )
+  check_options(method, options, spec.options)
+  masks_lib.check_float_params(params)
+  inputs = PruneInputs(params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn)
   missing = [name for name in spec.needs if getattr(inputs, name) is None]
   if missing:
     raise ValueError(f"Method {method!r} needs {missing}; pass them to prune().")
+  if invert and not spec.one_shot:
+    one_shot = sorted(n for n, m in METHODS.items() if m.one_shot)
+    raise ValueError(
+        f"invert=True needs a one-shot method (it inverts one score ranking); {method!r} "
+        f"iterates. Use one of {one_shot}."
+    )
   masks_lib.check_sparsity(sparsity)  # before any expensive scoring
   select = functools.partial(
       masks_lib.masks_from_scores, filter_fn=filter_fn, allocation=allocation,
       min_kept_per_layer=min_kept_per_layer,
   )
+  if invert:
+    chosen = select
+    select = lambda scores, s: sanity.invert_selection(scores, chosen(scores, s), filter_fn)
   return spec.fn(inputs, sparsity, select, **options)

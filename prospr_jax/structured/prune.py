@@ -70,8 +70,10 @@ def trace_model(
 
   Raises:
     UnsupportedPrimitiveError: if the program uses a primitive the tracer cannot follow.
+    TypeError: if a params leaf is not floating point.
   """
   pure, params, state = as_pure_model(model, variables, loss_fn)
+  masks_lib.check_float_params(params)
   trace = trace_channels(pure.apply, params, state, example_input)
   return TracedModel(pure, params, state, trace, channel_groups(trace))
 
@@ -99,7 +101,7 @@ def group_scores(
       (`models.as_pure_model`).
     **options: ProsPr's `num_steps` (3), `optimizer` (SGD 0.1), `remat` (False).
   """
-  scoring.check_method(method)
+  scoring.check_method(method, options)
   traced = trace_model(model, variables, _example_input(example_input, batches), loss_fn=loss_fn)
   return _score(method, traced, batches, key, options)
 
@@ -133,7 +135,7 @@ def structured_prune(
   Returns:
     A bool mask pytree with the structure of the params (see `expand_masks`).
   """
-  scoring.check_method(method)  # the cheap checks before any expensive scoring
+  scoring.check_method(method, options)  # the cheap checks before any expensive scoring
   check_allocation(allocation)
   masks_lib.check_sparsity(sparsity)
   traced = trace_model(model, variables, _example_input(example_input, batches), loss_fn=loss_fn)

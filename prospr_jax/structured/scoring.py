@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.saliency import objective, prospr, snip
+from prospr_jax.saliency import objective, prospr, registry, snip
 from prospr_jax.saliency.objective import PyTree, StatefulLossFn
 from prospr_jax.structured.groups import ChannelGroup, Slot
 
@@ -89,7 +89,7 @@ def _abs(scores: Scores) -> Scores:
 
 @dataclasses.dataclass(frozen=True)
 class ScoreInputs:
-  """What a group scorer may read (which fields a method needs: `SCORERS[method][1]`)."""
+  """What a group scorer may read (which fields a method needs: `SCORERS[method].needs`)."""
 
   groups: Sequence[ChannelGroup]
   params: PyTree
@@ -142,25 +142,37 @@ def _random_scores(inputs: ScoreInputs) -> Scores:
   }
 
 
-SCORERS: dict[str, tuple[Callable[..., Scores], tuple[str, ...]]] = {
-    "prospr": (functools.partial(_prospr_scores, first_order=False), ("batches",)),
-    "prospr_first_order": (functools.partial(_prospr_scores, first_order=True), ("batches",)),
-    "snip": (_snip_scores, ("batches",)),
-    "magnitude": (_magnitude_scores, ()),
-    "random": (_random_scores, ("key",)),
+class Scorer(NamedTuple):
+  """A structured method: its scorer, the `ScoreInputs` fields it needs, its option names."""
+
+  fn: Callable[..., Scores]
+  needs: tuple[str, ...]
+  options: tuple[str, ...] = ()
+
+
+_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
+SCORERS: dict[str, Scorer] = {
+    "prospr": Scorer(functools.partial(_prospr_scores, first_order=False), ("batches",),
+                     _PROSPR_OPTIONS),
+    "prospr_first_order": Scorer(functools.partial(_prospr_scores, first_order=True),
+                                 ("batches",), _PROSPR_OPTIONS),
+    "snip": Scorer(_snip_scores, ("batches",)),
+    "magnitude": Scorer(_magnitude_scores, ()),
+    "random": Scorer(_random_scores, ("key",)),
 }
-"""`{method: (scorer, the `ScoreInputs` fields it needs)}`."""
 
 STRUCTURED_METHODS = tuple(SCORERS)
 """Methods with a structured (channel-group) form."""
 
 
-def check_method(method: str) -> None:
+def check_method(method: str, options: Iterable[str] = ()) -> None:
+  """Raises ValueError for a method without a structured form or an option it does not take."""
   if method not in SCORERS:
     raise ValueError(
         f"Method {method!r} has no structured (channel-group) form; use one of "
         f"{list(STRUCTURED_METHODS)}."
     )
+  registry.check_options(method, options, SCORERS[method].options)
 
 
 def score_groups(method: str, inputs: ScoreInputs, **options: Any) -> Scores:
@@ -175,10 +187,10 @@ def score_groups(method: str, inputs: ScoreInputs, **options: Any) -> Scores:
   Returns:
     `{group name: float64 array (size,)}`.
   """
-  check_method(method)
-  scorer, needs = SCORERS[method]
-  missing = [n for n in needs if getattr(inputs, n) is None]
+  check_method(method, options)
+  scorer = SCORERS[method]
+  missing = [n for n in scorer.needs if getattr(inputs, n) is None]
   if missing:
     raise ValueError(f"Structured {method!r} needs {missing}.")
-  return scorer(inputs, **options)
+  return scorer.fn(inputs, **options)
 

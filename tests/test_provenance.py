@@ -1,0 +1,27 @@
+"""results.json's provenance: the git commit of the code that ran, and versions."""
+
+import subprocess
+
+import jax
+
+from prospr_jax import provenance
+from prospr_jax.provenance import _SOURCE_DIR
+
+
+def test_provenance_names_this_checkouts_commit_and_the_versions():
+  head = subprocess.run(["git", "-C", _SOURCE_DIR, "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=True).stdout.strip()
+  status = subprocess.run(["git", "-C", _SOURCE_DIR, "status", "--porcelain",
+                           "--untracked-files=no"], capture_output=True, text=True,
+                          check=True).stdout
+  info = provenance.provenance()
+  assert info["git_commit"] == head and len(head) == 40
+  assert info["git_dirty"] is bool(status.strip())
+  assert info["versions"]["jax"] == jax.__version__
+  assert info["device_kind"] == jax.devices()[0].device_kind
+  assert info["num_processes"] == 1
+
+
+def test_outside_a_checkout_the_commit_is_unknown(monkeypatch, tmp_path):
+  monkeypatch.setattr(provenance, "_SOURCE_DIR", str(tmp_path))
+  assert provenance.code_version() == {"git_commit": None, "git_dirty": None}
