@@ -122,6 +122,23 @@ def test_option_a_shortcut_pads_channels():
     _check_compaction(apply_fn, params, seed=seed)
 
 
+def test_zero_padded_channels_without_a_producer_are_never_pruned():
+  """Zero channels padded around k1's and read by a dense layer: they join no param, so no
+  group holds them (there is nothing to gate) and their rows of `w` stay; k1's channels are
+  read at their offsets and pruned."""
+  params = _params(k1=(3, 3, 4, 6), b1=(6,), w=(10, 2))
+
+  def apply_fn(p, x):
+    h = jax.nn.relu(_conv(x, p["k1"]) + p["b1"]).mean(axis=(1, 2))
+    return jnp.pad(h, ((0, 0), (3, 1))) @ p["w"]
+
+  groups = _groups(apply_fn, params)
+  assert _summary(groups) == {"k1": ({("k1", 3), ("b1", 0)}, {("w", 0)})}
+  np.testing.assert_array_equal(groups["k1"].consumers[0].index[:, 0], 3 + np.arange(6))
+  small = _check_compaction(apply_fn, params)
+  assert small.params["w"].shape == (3 + 3 + 1, 2)  # 3 of 6 channels, the 4 padded rows
+
+
 def test_nested_jit_checkpoint_and_custom_vjp_are_followed():
   @jax.custom_vjp
   def scale(x):
