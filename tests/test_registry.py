@@ -32,6 +32,12 @@ def test_missing_inputs_are_named():
     pj.prune("random", mlp_params(jax.random.PRNGKey(0)), 0.5)
 
 
+def test_structured_mode_points_to_structured_prune():
+  """The per-kernel, uncoupled `prune(..., structured=True)` is gone: one way to prune channels."""
+  with pytest.raises(TypeError, match=r"no structured mode.*prospr_jax\.structured_prune"):
+    pj.prune("magnitude", mlp_params(jax.random.PRNGKey(0)), 0.5, structured=True)
+
+
 def test_bad_sparsity_fails_before_scoring():
   with pytest.raises(ValueError, match="outside"):
     pj.prune("prospr", mlp_params(jax.random.PRNGKey(0)), 1.0, loss_fn=mlp_loss,
