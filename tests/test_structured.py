@@ -4,7 +4,6 @@ masks equal those of the former name-based implementation; compaction equals mas
 from __future__ import annotations
 
 import functools
-import math
 import pathlib
 
 import jax
@@ -14,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import eval_logits, masked_variables, random_variables
 from prospr_jax import compaction, structured, train
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenLoss
@@ -32,40 +32,10 @@ def _keys(path) -> tuple[str, ...]:
   return tuple(str(k.key) for k in path)
 
 
-def _random_variables(model, x, seed):
-  """Variables with `model.init`'s shapes, filled with numpy draws (no XLA compile, fast).
-
-  Kernels ~ N(0, 2 / fan_in); BN scale ~ U[0.5, 1.5], BN and head bias ~ N(0, 0.5); running
-  mean ~ N(0, 0.5), var ~ U[0.5, 2]: eval-mode BN is far from the identity, so tests bite.
-  """
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-
-  def draw(path, leaf):
-    shape, name = leaf.shape, _keys(path)[-1]
-    if name == "kernel":
-      return rng.normal(0, math.sqrt(2 / math.prod(shape[:-1])), shape).astype(np.float32)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5 if name == "scale" else 2.0, shape).astype(np.float32)
-    return rng.normal(0, 0.5, shape).astype(np.float32)  # bias, mean
-
-  return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, shapes))
-
-
 def _setup(model, shape=IMG, batch_size=4, seed=0):
   x = jax.random.normal(jax.random.key(seed), (batch_size, *shape))
   batch = {"image": x, "label": jnp.arange(batch_size) % 10}
-  return _random_variables(model, x, seed), batch
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(model, variables, x):
-  """Eval-mode logits (jitted: one compile instead of one per op)."""
-  return model.apply(variables, x, train=False)
-
-
-def _masked(variables, masks):
-  return {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
+  return random_variables(model, shape, seed), batch
 
 
 def _example(shape):
@@ -220,13 +190,13 @@ def test_compacted_outputs_equal_masked_outputs(name):
   variables, batch = _setup(model, shape)
   masks = _random_masks(model, variables, shape)
   small, small_vars = compaction.compact(model, variables, masks, batch["image"])
-  masked_logits = _apply(model, _masked(variables, masks), batch["image"])
-  small_logits = _apply(small, small_vars, batch["image"])
+  masked_logits = eval_logits(model, masked_variables(variables, masks), batch["image"])
+  small_logits = eval_logits(small, small_vars, batch["image"])
   np.testing.assert_allclose(small_logits, masked_logits, rtol=1e-5, atol=1e-5)
   # The test bites: the model really shrank, and pruning changed the function.
   count = structured.count_params
   assert count(small_vars["params"]) < count(variables["params"])
-  dense_logits = _apply(model, variables, batch["image"])
+  dense_logits = eval_logits(model, variables, batch["image"])
   assert not np.allclose(dense_logits, masked_logits, atol=1e-3)
 
 
@@ -246,8 +216,8 @@ def test_masking_kernel_outputs_alone_would_leave_pruned_channels_alive():
 
   naive_masks = jax.tree_util.tree_map_with_path(naive, params)
   small, small_vars = compaction.compact(model, variables, masks, batch["image"])
-  wrong = _apply(model, _masked(variables, naive_masks), batch["image"])
-  assert not np.allclose(_apply(small, small_vars, batch["image"]), wrong, atol=1e-3)
+  wrong = eval_logits(model, masked_variables(variables, naive_masks), batch["image"])
+  assert not np.allclose(eval_logits(small, small_vars, batch["image"]), wrong, atol=1e-3)
 
 
 def test_compaction_after_masked_training():
@@ -271,8 +241,8 @@ def test_compaction_after_masked_training():
   trained = {"params": params, "batch_stats": stats}
   small, small_vars = compaction.compact(model, trained, masks, batch["image"])
   np.testing.assert_allclose(
-      _apply(small, small_vars, batch["image"]),
-      _apply(model, trained, batch["image"]), rtol=1e-5, atol=1e-5)
+      eval_logits(small, small_vars, batch["image"]),
+      eval_logits(model, trained, batch["image"]), rtol=1e-5, atol=1e-5)
 
 
 def test_save_and_load_roundtrip(tmp_path):
@@ -284,8 +254,8 @@ def test_save_and_load_roundtrip(tmp_path):
     compaction.save(tmp_path / name, small, small_vars)
     loaded, loaded_vars = compaction.load(tmp_path / name)
     assert compaction.model_spec(loaded) == compaction.model_spec(small)
-    np.testing.assert_array_equal(_apply(loaded, loaded_vars, batch["image"]),
-                                  _apply(small, small_vars, batch["image"]))
+    np.testing.assert_array_equal(eval_logits(loaded, loaded_vars, batch["image"]),
+                                  eval_logits(small, small_vars, batch["image"]))
 
 
 # --- Coupling: residual additions and the head. ----------------------------------------------
@@ -376,7 +346,7 @@ def test_param_and_mac_counts_match_independent_counts(name, counts):
   # ... = the weights surviving in the masked model (random BN params are all nonzero).
   masked = masks_lib.apply_masks(variables["params"], masks)
   assert sum(int(np.count_nonzero(x)) for x in jax.tree.leaves(masked)) == expected_params
-  macs = lambda m, v: structured.count_macs(functools.partial(_apply, m), v, batch["image"])
+  macs = lambda m, v: structured.count_macs(functools.partial(eval_logits, m), v, batch["image"])
   assert macs(small, small_vars) == expected_macs
   assert macs(model, variables) > expected_macs
   general = structured.compact(model, variables, masks, batch["image"]).report
@@ -584,7 +554,7 @@ def test_lenet5_flatten_groups():
   np.testing.assert_array_equal(fc1.index, np.arange(16)[:, None] + 16 * np.arange(25))
   masks = _random_masks(model, variables, shape)
   small = structured.compact(model, variables, masks, batch["image"])
-  np.testing.assert_allclose(small(batch["image"]), _apply(model, _masked(variables, masks),
+  np.testing.assert_allclose(small(batch["image"]), eval_logits(model, masked_variables(variables, masks),
                                                            batch["image"]), rtol=1e-5, atol=1e-5)
 
 

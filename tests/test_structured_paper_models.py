@@ -8,7 +8,6 @@ and compaction with outputs equal to the masked model's.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -16,47 +15,24 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import eval_logits, masked_variables, random_variables
 from prospr_jax import compaction, structured
-from prospr_jax import masks as masks_lib
 from prospr_jax.models import get_model
 
 RESNET_SHAPE = (8, 8, 3)  # stage 3 at 2x2
 VGG_SHAPE = (16, 16, 3)  # four pools: 1x1 before the global pool
 
 
-def _variables(model, shape, seed=0):
-  """`model.init`'s shapes filled with numpy draws (no XLA compile of the init): kernels
-  N(0, 2 / fan_in), biases N(0, 0.5), BatchNorm scale U[0.5, 1.5], running mean N(0, 0.5) and
-  var U[0.5, 2], so that every bias and eval-mode BatchNorm moves a zero channel off zero."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(
+def _abstract_variables(model, shape):
+  """The variables' shapes (`jax.ShapeDtypeStruct`s): all that tracing the groups reads."""
+  return jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
-
-  def draw(path, leaf):
-    name = masks_lib.path_str(path).rsplit("/", 1)[-1]
-    if name == "kernel":
-      std = math.sqrt(2 / math.prod(leaf.shape[:-1]))
-      return rng.normal(0, std, leaf.shape).astype(np.float32)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5 if name == "scale" else 2.0, leaf.shape).astype(np.float32)
-    return rng.normal(0, 0.5, leaf.shape).astype(np.float32)
-
-  return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, shapes))
 
 
 def _batches(shape, n=2, batch_size=4):
   keys = jax.random.split(jax.random.key(1), n)
   return [{"image": jax.random.normal(k, (batch_size, *shape)), "label": jnp.arange(batch_size)}
           for k in keys]
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(model, variables, x):
-  return model.apply(variables, x, train=False)
-
-
-def _masked(variables, masks):
-  return {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
 
 
 def _groups(model, variables, shape):
@@ -132,8 +108,7 @@ def _resnet20_prospr_expected():
 
 def test_resnet20_prospr_groups_follow_the_zero_padded_shortcuts():
   model = get_model("resnet20_prospr", 10)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *RESNET_SHAPE)), train=False))
+  variables = _abstract_variables(model, RESNET_SHAPE)
   groups = _groups(model, variables, RESNET_SHAPE)
   got = {name: (_slots(g.members), _slots(g.consumers)) for name, g in groups.items()}
   assert got == _resnet20_prospr_expected()
@@ -168,9 +143,9 @@ def _prospr_masks(model, variables, batches):
 def _check_compaction(model, variables, masks, x):
   """The compacted program's outputs equal the masked model's; it is smaller; pruning mattered."""
   small = structured.compact(model, variables, masks, x)
-  masked = _apply(model, _masked(variables, masks), x)
+  masked = eval_logits(model, masked_variables(variables, masks), x)
   np.testing.assert_allclose(small(x), masked, rtol=1e-5, atol=1e-5)
-  assert not np.allclose(_apply(model, variables, x), masked, atol=1e-3)
+  assert not np.allclose(eval_logits(model, variables, x), masked, atol=1e-3)
   report = small.report
   assert report.params_after < report.params_before
   assert report.params_before == structured.count_params(variables["params"])
@@ -180,7 +155,7 @@ def _check_compaction(model, variables, masks, x):
 
 def test_resnet20_prospr_structured_prospr_and_compaction():
   model = get_model("resnet20_prospr", 10)
-  variables = _variables(model, RESNET_SHAPE)
+  variables = random_variables(model, RESNET_SHAPE)
   batches = _batches(RESNET_SHAPE)
   masks = _prospr_masks(model, variables, batches)
   params = variables["params"]
@@ -205,7 +180,7 @@ def test_resnet20_prospr_structured_prospr_and_compaction():
 
 def test_resnet20_prospr_zoo_compaction_is_refused_with_the_program_alternative():
   model = get_model("resnet20_prospr", 10)
-  variables = _variables(model, RESNET_SHAPE)
+  variables = random_variables(model, RESNET_SHAPE)
   masks = jax.tree.map(lambda p: np.ones(p.shape, bool), variables["params"])
   x = _batches(RESNET_SHAPE)[0]["image"]
   with pytest.raises(compaction.UnsupportedModelError,
@@ -219,8 +194,7 @@ def test_resnet20_prospr_zoo_compaction_is_refused_with_the_program_alternative(
 
 def test_vgg16_prospr_groups_hold_the_conv_biases():
   model = get_model("vgg16_prospr", 10)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *VGG_SHAPE)), train=False))
+  variables = _abstract_variables(model, VGG_SHAPE)
   groups = _groups(model, variables, VGG_SHAPE)
   widths = [w for w in model.config if w != "M"]
   assert list(groups) == [f"conv{i}/conv" for i in range(1, 14)]
@@ -234,7 +208,7 @@ def test_vgg16_prospr_groups_hold_the_conv_biases():
 
 def test_vgg16_prospr_structured_prospr_and_compaction(tmp_path):
   model = get_model("vgg16_prospr", 10)
-  variables = _variables(model, VGG_SHAPE)
+  variables = random_variables(model, VGG_SHAPE)
   batches = _batches(VGG_SHAPE)
   masks = _prospr_masks(model, variables, batches)
   params = variables["params"]
@@ -252,7 +226,7 @@ def test_vgg16_prospr_structured_prospr_and_compaction(tmp_path):
   assert zoo_model.conv_bias
   compaction.save(tmp_path, zoo_model, zoo_variables)
   loaded, loaded_variables = compaction.load(tmp_path)
-  np.testing.assert_allclose(_apply(loaded, loaded_variables, x), small(x), rtol=1e-5,
+  np.testing.assert_allclose(eval_logits(loaded, loaded_variables, x), small(x), rtol=1e-5,
                              atol=1e-5)
 
 
@@ -263,10 +237,8 @@ def test_resnet18_prospr_has_the_groups_of_the_zoo_resnet18():
   groups = {}
   for name in ("resnet18", "resnet18_prospr"):
     model = get_model(name, 200)
-    variables = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
     groups[name] = {n: (_slots(g.members), _slots(g.consumers))
-                    for n, g in _groups(model, variables, shape).items()}
+                    for n, g in _groups(model, _abstract_variables(model, shape), shape).items()}
   assert groups["resnet18_prospr"] == groups["resnet18"]
   assert compaction.model_spec(get_model("resnet18_prospr", 200)) == compaction.model_spec(
       get_model("resnet18", 200))
