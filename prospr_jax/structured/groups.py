@@ -123,14 +123,15 @@ def _channels_by_signature(
   seg_count = np.diff(np.r_[seg_start, len(roots)])
   seg_root, seg_id = roots[seg_start], ids[seg_start]
   chan_start = np.flatnonzero(np.r_[True, seg_root[1:] != seg_root[:-1]])
+  chan_end = np.r_[chan_start[1:], len(seg_id)]
   codes = (seg_id * (len(roots) + 1) + seg_count).tolist()
   classes: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
-  for c, (lo, hi) in enumerate(zip(chan_start.tolist(), np.r_[chan_start[1:], len(seg_id)].tolist())):
+  for c, (lo, hi) in enumerate(zip(chan_start.tolist(), chan_end.tolist())):
     classes[tuple(codes[lo:hi])].append(c)
   out = []
   for channels in classes.values():
     first = chan_start[channels]
-    width = (np.r_[chan_start[1:], len(seg_id)][channels[0]] - first[0])
+    width = chan_end[channels[0]] - first[0]
     leaf_axes, index = [], {}
     for j in range(width):
       segment = first + j

@@ -60,8 +60,9 @@ def takes_train(module: nn.Module) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class LinenApply:
-  """`module.apply({'params': params, **state}, x[, train=False])`."""
+class LinenEvalApply:
+  """`module.apply({'params': params, **state}, x[, train=False])`: a function of the state too,
+  unlike `prospr_jax.adapters.LinenApply` (SynFlow's `apply_fn(params, x)`)."""
 
   module: nn.Module
 
@@ -123,7 +124,7 @@ def as_pure_model(
       raise ValueError("A linen model needs its variables {'params': ..., ...}.")
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
-    apply = LinenApply(model)
+    apply = LinenEvalApply(model)
     default_loss = LinenLoss(model) if takes_train(model) else ApplyLoss(apply)
   elif isinstance(model, nnx.Module):
     if variables is not None:

@@ -531,7 +531,7 @@ def _dot_general(t: _Tracer, eqn: jex.core.JaxprEqn, ins: list[Value]) -> list[V
 def _conv(t: _Tracer, eqn: jex.core.JaxprEqn, ins: list[Value]) -> list[Value]:
   lhs, rhs = ins
   dn = eqn.params["dimension_numbers"]
-  (lb, lf, *lsp), (ro, ri, *rsp), (ob, of, *osp) = dn.lhs_spec, dn.rhs_spec, dn.out_spec
+  (lb, lf, *lsp), (ro, ri, *rsp), (ob, of, *_) = dn.lhs_spec, dn.rhs_spec, dn.out_spec
   if not lhs.dependent or rhs.dependent:
     raise t.unsupported("only a convolution of an activation (lhs) with a kernel computed from "
                         "params, state or constants (rhs) is followed")
