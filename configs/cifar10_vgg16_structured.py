@@ -3,9 +3,9 @@
 The CIFAR protocol of `cifar10_resnet20.py` (200 epochs, batch 256, LR 0.1 x0.1 at 50%/75%)
 with `config.prune.structured = True`: `sparsity` is the fraction of conv channels removed
 (global top-k over the VGG's 13 channel groups, at least one channel kept per group). The
-network is the zoo's `vgg16` (bias-free convs, five pools): channel groups and compaction do
-not support the conv biases of the authors' `vgg16_prospr`. Needs CIFAR-10 prepared for tfds
-in `config.data_dir`.
+network is the zoo's `vgg16` (bias-free convs, five pools); `--config.model=vgg16_prospr`
+prunes the authors' network instead (each conv bias is gated with its channels). Needs
+CIFAR-10 prepared for tfds in `config.data_dir`.
 """
 
 import ml_collections

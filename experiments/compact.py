@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from prospr_jax import compaction, masks as masks_lib, train
+from prospr_jax import compaction, masks as masks_lib, structured, train
 from prospr_jax import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished structured run.")
@@ -44,25 +44,23 @@ def main(argv: Sequence[str]) -> None:
   config, model, state = train.load_run(workdir)
   masked = {"params": masks_lib.apply_masks(state.params, state.masks),
             "batch_stats": state.batch_stats}
-  small, small_vars = compaction.compact(model, masked, state.masks)
-  compaction.save(os.path.join(workdir, "compacted"), small, small_vars)
-
   eval_batches = lambda: data_lib.eval_batches(
       config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)
+  x = next(eval_batches())["image"]
+  small, small_vars = compaction.compact(model, masked, state.masks, x)
+  compaction.save(os.path.join(workdir, "compacted"), small, small_vars)
+
   states = {"masked": state.replace(params=masked["params"]),
             "compacted": state.replace(apply_fn=small.apply, params=small_vars["params"],
                                        batch_stats=small_vars["batch_stats"])}
-  x = next(eval_batches())["image"]
-  shape = x.shape[1:]
   forward = {name: jax.jit(lambda v, x, m=m: m.apply(v, x, train=False))
              for name, m in (("masked", model), ("compacted", small))}
   variables = {"masked": masked, "compacted": small_vars}
   out = {}
   for name in ("masked", "compacted"):
     out[f"{name}_test_top1"] = train.evaluate(states[name], eval_batches())["top1"]
-    out[f"{name}_params"] = compaction.count_params(variables[name]["params"])
-    out[f"{name}_macs"] = compaction.conv_dense_macs(
-        model if name == "masked" else small, variables[name], shape)
+    out[f"{name}_params"] = structured.count_params(variables[name]["params"])
+    out[f"{name}_macs"] = structured.count_macs(forward[name], variables[name], x)
     out[f"{name}_ms_per_batch"] = median_ms(
         lambda n=name: forward[n](variables[n], x), _REPEATS.value)
   for key in ("params", "macs", "ms_per_batch"):

@@ -11,8 +11,8 @@ sparsity rather than of a method's layer allocation), the masked model is compac
 `compaction.compact`, and printed side by side with the dense model:
 
   * params: all parameters of the compacted vs. the dense model;
-  * MACs: analytic multiply-accumulates of the convs and dense layers per example
-    (`compaction.conv_dense_macs`);
+  * MACs: multiply-accumulates of the convs and dot products per example, counted from the
+    traced program's shapes (`structured.count_macs`);
   * XLA flops: `jit(f).lower(...).compile().cost_analysis()['flops']` of a whole eval-mode
     forward pass (all ops), where the backend reports it;
   * time: jitted eval-mode forward pass on a `[--batch_size, 32, 32, 3]` random batch, the
@@ -105,23 +105,23 @@ def benchmark_model(
   variables = perturb_batch_stats(model.init(key_init, x[:1], train=False), key_bn)
   batch = {"image": x, "label": jnp.arange(batch_size) % NUM_CLASSES}
   dense_fwd = _forward(model)
-  dense = {"params": compaction.count_params(variables["params"]),
-           "macs": compaction.conv_dense_macs(model, variables, INPUT_SHAPE),
+  dense = {"params": structured.count_params(variables["params"]),
+           "macs": structured.count_macs(dense_fwd, variables, x),
            "flops": xla_flops(dense_fwd, variables, x)}
   rows, fns = [], {"dense": lambda: dense_fwd(variables, x)}
   for sparsity in sparsities:
     masks = structured.structured_prune(
         method, model, variables, batch, sparsity, key=key_prune, min_kept_per_group=1
     )
-    small, small_vars = compaction.compact(model, variables, masks)
+    small, small_vars = compaction.compact(model, variables, masks, x)
     small_fwd = _forward(small)
     masked = {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
     err = float(jnp.max(jnp.abs(small_fwd(small_vars, x) - dense_fwd(masked, x))))
     fns[sparsity] = lambda f=small_fwd, v=small_vars: f(v, x)
     rows.append({"model": name, "sparsity": sparsity, "method": method,
-                 "params": compaction.count_params(small_vars["params"]),
+                 "params": structured.count_params(small_vars["params"]),
                  "dense_params": dense["params"],
-                 "macs": compaction.conv_dense_macs(small, small_vars, INPUT_SHAPE),
+                 "macs": structured.count_macs(small_fwd, small_vars, x),
                  "dense_macs": dense["macs"], "flops": xla_flops(small_fwd, small_vars, x),
                  "dense_flops": dense["flops"], "max_abs_logit_diff": err})
   ms = interleaved_median_ms(fns, repeats)

@@ -67,34 +67,16 @@ def prunable_tree(tree: PyTree, filter_fn: FilterFn = default_filter) -> PyTree:
   return jax.tree_util.tree_map_with_path(lambda p, x: bool(filter_fn(p, x)), tree)
 
 
-def channel_shape(shape: Sequence[int]) -> tuple[int, ...]:
-  """Shape of a per-output-channel mask for a kernel: `(1, ..., 1, out)`."""
-  return (1,) * (len(shape) - 1) + (shape[-1],)
-
-
-def ones_masks(
-    params: PyTree,
-    filter_fn: FilterFn = default_filter,
-    *,
-    structured: bool = False,
-    dtype: Any = None,
-) -> PyTree:
-  """All-ones masks with the structure of `params`.
+def ones_masks(params: PyTree, *, dtype: Any = None) -> PyTree:
+  """All-ones masks with the structure and shapes of `params`.
 
   Args:
     params: the parameter pytree.
-    filter_fn: chooses the prunable leaves.
-    structured: if True, prunable leaves get one entry per output channel (shape
-      `channel_shape(param.shape)`), others the full shape.
     dtype: dtype of the masks; `None` gives each leaf its param's dtype (the continuous mask
       `c` that saliency criteria differentiate); pass `bool` for a binary mask.
   """
-
-  def make(path: KeyPath, p: Any) -> jax.Array:
-    shape = channel_shape(p.shape) if structured and filter_fn(path, p) else p.shape
-    return jnp.ones(shape, dtype=p.dtype if dtype is None else dtype)
-
-  return jax.tree_util.tree_map_with_path(make, params)
+  return jax.tree.map(lambda p: jnp.ones(p.shape, dtype=p.dtype if dtype is None else dtype),
+                      params)
 
 
 def check_masks(params: PyTree, masks: PyTree) -> None:

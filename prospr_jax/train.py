@@ -114,7 +114,8 @@ def prune_at_init(
       raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
                        "with prune.structured=True.")
     return structured.structured_prune(
-        pc.method, model, variables, batches, pc.sparsity, key=key,
+        pc.method, model, variables, batches, pc.sparsity,
+        example_input=jax.ShapeDtypeStruct((1, *input_shape), jnp.float32), key=key,
         min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation, loss_fn=loss_fn,
         **prune_config.method_options(pc),
     )
@@ -124,8 +125,8 @@ def prune_at_init(
       loss_fn=loss_fn, batches=batches, state=state, apply_fn=apply_fn,
       input_shape=input_shape, key=key,
       filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
-      structured=pc.structured, allocation=pc.allocation,
-      min_kept_per_layer=pc.min_kept_per_layer, invert=pc.sanity_check == "invert",
+      allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
+      invert=pc.sanity_check == "invert",
       **prune_config.method_options(pc),
   )
 

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny models and batches, float64 mode, and one prepared Fashion-MNIST."""
 
 import fcntl
+import functools
 import importlib
+import math
 import os
 import pathlib
 import sys
@@ -10,8 +12,11 @@ import types
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
+
+from prospr_jax import masks as masks_lib
 
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
@@ -95,3 +100,38 @@ class TinyBNCNN(nn.Module):
     x = nn.relu(x)
     x = nn.relu(nn.Conv(4, (3, 3))(x))
     return nn.Dense(self.num_classes, name="head")(x.mean(axis=(1, 2)))
+
+
+def random_variables(model: nn.Module, shape, seed: int = 0):
+  """Variables of a linen zoo model (`model.init(..., train=False)` on `[1, *shape]` inputs)
+  filled with numpy draws: no XLA compile of the init, fast.
+
+  Kernels ~ N(0, 2 / fan_in); BN scale ~ U[0.5, 1.5], biases ~ N(0, 0.5); running mean
+  ~ N(0, 0.5), var ~ U[0.5, 2]: eval-mode BN is far from the identity and every bias moves a
+  zero channel off zero, so channel-pruning tests bite.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
+
+  def draw(path, leaf):
+    name = masks_lib.path_str(path).rsplit("/", 1)[-1]
+    if name == "kernel":
+      std = math.sqrt(2 / math.prod(leaf.shape[:-1]))
+      return rng.normal(0, std, leaf.shape).astype(np.float32)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5 if name == "scale" else 2.0, leaf.shape).astype(np.float32)
+    return rng.normal(0, 0.5, leaf.shape).astype(np.float32)  # bias, mean
+
+  return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, shapes))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def eval_logits(model: nn.Module, variables, x: jax.Array) -> jax.Array:
+  """`model.apply(variables, x, train=False)`, jitted (one compile instead of one per op)."""
+  return model.apply(variables, x, train=False)
+
+
+def masked_variables(variables, masks):
+  """`variables` with the params multiplied by `masks`."""
+  return {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}

@@ -21,8 +21,6 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-import prospr_jax as pj
-from prospr_jax import compaction, structured
 from prospr_jax.models import get_model, init_variables
 from tests.reference import model_fill
 
@@ -158,43 +156,4 @@ def test_paper_model_init_matches_the_authors(config_name):
   assert checked_kurtosis >= 3
 
 
-# --- Structured pruning and compaction. -------------------------------------------------------
-
-def _abstract_variables(model: nn.Module) -> dict:
-  """Variable shapes on CIFAR images: all that channel groups and these refusals read."""
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
-
-
-def _params_shapes(name: str) -> dict:
-  return _abstract_variables(get_model(name, 10))["params"]
-
-
-def test_structured_and_compaction_refuse_option_a_resnet20():
-  model = get_model("resnet20_prospr", 10)
-  variables = _abstract_variables(model)
-  with pytest.raises(structured.UnknownStructureError, match="stage2_block0.*option-A"):
-    pj.structured_prune("magnitude", model, variables, None, 0.5)
-  masks = jax.tree.map(lambda p: np.ones(p.shape, bool), variables["params"])
-  with pytest.raises(compaction.UnsupportedModelError, match="'zero_pad' shortcuts"):
-    compaction.compact(model, variables, masks)
-  with pytest.raises(compaction.UnsupportedModelError):
-    compaction.model_spec(model)
-
-
-def test_structured_and_compaction_refuse_conv_bias_vgg16():
-  with pytest.raises(structured.UnknownStructureError, match=r"'conv1/conv'.*\['bias', 'kernel'\]"):
-    structured.derive_groups(_params_shapes("vgg16_prospr"))
-  model = get_model("vgg16_prospr", 10)
-  with pytest.raises(compaction.UnsupportedModelError, match="conv biases"):
-    compaction.model_spec(model)
-  with pytest.raises(compaction.UnsupportedModelError):
-    compaction.compact_model(model, {})
-
-
-def test_structured_and_compaction_support_resnet18_prospr():
-  """Same layers as the zoo's resnet18, so the same channel groups and compacted model."""
-  assert structured.derive_groups(_params_shapes("resnet18_prospr")) == (
-      structured.derive_groups(_params_shapes("resnet18")))
-  spec = compaction.model_spec(get_model("resnet18_prospr", 200))
-  assert spec == compaction.model_spec(get_model("resnet18", 200))
+# Structured pruning and compaction of these networks: tests/test_structured_paper_models.py.

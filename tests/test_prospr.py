@@ -128,24 +128,6 @@ def test_first_order_equals_init_times_gradient_at_theta_k():
   assert not np.allclose(full["l1"]["kernel"], got["l1"]["kernel"])
 
 
-def test_structured_scores_equal_channel_grouped_mask_gradient():
-  model = TinyBNCNN()
-  batches = make_batches(jax.random.PRNGKey(2), 3, batch_size=4, shape=(6, 6, 2))
-  variables = models.init_variables(model, jax.random.PRNGKey(3), (6, 6, 2))
-  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
-  filter_fn = masks_lib.kernel_filter(exclude=("head",))
-  loss_fn = LinenLoss(model)
-  got = prospr.prospr_scores(loss_fn, params, batches, state=state, num_steps=2,
-                             structured=True, filter_fn=filter_fn)
-  per_weight = prospr.meta_gradient(masks_lib.ones_masks(params), params, state, batches,
-                                    loss_fn=loss_fn)
-  for name in ("Conv_0", "Conv_1"):
-    grouped = jnp.abs(per_weight[name]["kernel"].sum(axis=(0, 1, 2), keepdims=True))
-    assert got[name]["kernel"].shape == (1, 1, 1, 4)
-    np.testing.assert_allclose(got[name]["kernel"], grouped, rtol=1e-4, atol=1e-7)
-  assert got["head"]["kernel"].shape == params["head"]["kernel"].shape
-
-
 def test_remat_gives_the_same_meta_gradient():
   params = mlp_params(jax.random.PRNGKey(0))
   batches = make_batches(jax.random.PRNGKey(1), 5)

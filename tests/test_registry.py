@@ -32,10 +32,10 @@ def test_missing_inputs_are_named():
     pj.prune("random", mlp_params(jax.random.PRNGKey(0)), 0.5)
 
 
-def test_structured_only_where_supported():
-  with pytest.raises(ValueError, match="'grasp' has no structured form"):
-    pj.prune("grasp", mlp_params(jax.random.PRNGKey(0)), 0.5, loss_fn=mlp_loss,
-             batches=make_batches(jax.random.PRNGKey(1), 1), structured=True)
+def test_structured_mode_points_to_structured_prune():
+  """The per-kernel, uncoupled `prune(..., structured=True)` is gone: one way to prune channels."""
+  with pytest.raises(TypeError, match=r"no structured mode.*prospr_jax\.structured_prune"):
+    pj.prune("magnitude", mlp_params(jax.random.PRNGKey(0)), 0.5, structured=True)
 
 
 def test_bad_sparsity_fails_before_scoring():

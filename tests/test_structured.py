@@ -1,9 +1,10 @@
-"""Tests for structured (channel-group) pruning and compaction, on small models and inputs."""
+"""Structured (channel-group) pruning and compaction on the model zoo: the traced groups and the
+masks equal those of the former name-based implementation; compaction equals masking."""
 
 from __future__ import annotations
 
 import functools
-import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import eval_logits, masked_variables, random_variables
 from prospr_jax import compaction, structured, train
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenLoss
@@ -30,46 +32,25 @@ def _keys(path) -> tuple[str, ...]:
   return tuple(str(k.key) for k in path)
 
 
-def _random_variables(model, x, seed):
-  """Variables with `model.init`'s shapes, filled with numpy draws (no XLA compile, fast).
-
-  Kernels ~ N(0, 2 / fan_in); BN scale ~ U[0.5, 1.5], BN and head bias ~ N(0, 0.5); running
-  mean ~ N(0, 0.5), var ~ U[0.5, 2]: eval-mode BN is far from the identity, so tests bite.
-  """
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-
-  def draw(path, leaf):
-    shape, name = leaf.shape, _keys(path)[-1]
-    if name == "kernel":
-      return rng.normal(0, math.sqrt(2 / math.prod(shape[:-1])), shape).astype(np.float32)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5 if name == "scale" else 2.0, shape).astype(np.float32)
-    return rng.normal(0, 0.5, shape).astype(np.float32)  # bias, mean
-
-  return jax.tree.map(jnp.asarray, jax.tree_util.tree_map_with_path(draw, shapes))
-
-
 def _setup(model, shape=IMG, batch_size=4, seed=0):
   x = jax.random.normal(jax.random.key(seed), (batch_size, *shape))
   batch = {"image": x, "label": jnp.arange(batch_size) % 10}
-  return _random_variables(model, x, seed), batch
+  return random_variables(model, shape, seed), batch
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(model, variables, x):
-  """Eval-mode logits (jitted: one compile instead of one per op)."""
-  return model.apply(variables, x, train=False)
+def _example(shape):
+  return jax.ShapeDtypeStruct((2, *shape), jnp.float32)
 
 
-def _masked(variables, masks):
-  return {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
-
-
-def _random_masks(model, variables, sparsity=0.5, seed=3):
+def _random_masks(model, variables, shape, sparsity=0.5, seed=3):
   return structured.structured_prune(
-      "random", model, variables, None, sparsity, key=jax.random.key(seed), min_kept_per_group=1
+      "random", model, variables, None, sparsity, example_input=_example(shape),
+      key=jax.random.key(seed), min_kept_per_group=1,
   )
+
+
+def _groups(model, variables, shape):
+  return structured.trace_model(model, variables, _example(shape)).groups
 
 
 MODELS = {
@@ -81,74 +62,124 @@ MODELS = {
 }
 
 
-# --- Groups. ---------------------------------------------------------------------------------
+# --- Groups: traced from the program, equal to the hand-derived coupling of the zoo. ----------
 
 def _conv_bn(conv, bn):
   return {f"{conv}/kernel", f"{bn}/scale", f"{bn}/bias"}
 
 
-def _resnet20_expected_groups():
-  """Hand-written ResNet-20 groups: {first member: (members, consumers)}.
+def _resnet_expected_groups(model):
+  """Hand-written ResNet groups: {name: (members, consumers)}.
 
-  Stage s's stream: the stem (s = 1) or stage s block 0's projection shortcut, plus every
-  block's conv2/bn2; it is read by the conv1 of its blocks 1, 2 and by the next stage's
-  block 0 (conv1 and shortcut) or the head.
+  Every block's inner conv/BN pairs are one group each, read by the next conv. A residual
+  stream starts at the stem, or at a block 0 with a projection shortcut (stride 2, or the
+  Bottleneck's 4x widening in stage 1); it holds every block's last conv/BN and is read by the
+  first conv (and shortcut) of the blocks it enters, finally by the head.
   """
-  def blk(s, b):
-    return f"stage{s}_block{b}"
+  last = 3 if model.block_cls is Bottleneck else 2
+  expected, readers = {"stem_conv": _conv_bn("stem_conv", "stem_bn")}, {"stem_conv": set()}
+  stream = "stem_conv"
+  for s, n in enumerate(model.stage_sizes, start=1):
+    for b in range(n):
+      blk = f"stage{s}_block{b}"
+      readers[stream].add(f"{blk}/conv1/kernel")
+      if b == 0 and (s > 1 or model.block_cls.expansion > 1):
+        readers[stream].add(f"{blk}/shortcut_conv/kernel")
+        stream = f"{blk}/shortcut_conv"
+        expected[stream], readers[stream] = _conv_bn(stream, f"{blk}/shortcut_bn"), set()
+      for j in range(1, last):
+        expected[f"{blk}/conv{j}"] = _conv_bn(f"{blk}/conv{j}", f"{blk}/bn{j}")
+        readers[f"{blk}/conv{j}"] = {f"{blk}/conv{j + 1}/kernel"}
+      expected[stream] |= _conv_bn(f"{blk}/conv{last}", f"{blk}/bn{last}")
+  readers[stream].add("head/kernel")
+  return {name: (members, readers[name]) for name, members in expected.items()}
 
-  def outputs(s):
-    return set().union(*(_conv_bn(f"{blk(s, b)}/conv2", f"{blk(s, b)}/bn2") for b in range(3)))
 
-  def readers(s):
-    later = {f"{blk(s, b)}/conv1/kernel" for b in (1, 2)}
-    if s == 3:
-      return later | {"head/kernel"}
-    return later | {f"{blk(s + 1, 0)}/conv1/kernel", f"{blk(s + 1, 0)}/shortcut_conv/kernel"}
-
-  expected = {
-      "stem_conv": (_conv_bn("stem_conv", "stem_bn") | outputs(1),
-                    readers(1) | {"stage1_block0/conv1/kernel"}),
-      **{f"{blk(s, 0)}/shortcut_conv": (
-          _conv_bn(f"{blk(s, 0)}/shortcut_conv", f"{blk(s, 0)}/shortcut_bn") | outputs(s),
-          readers(s)) for s in (2, 3)},
-  }
-  for s in (1, 2, 3):
-    for b in range(3):
-      expected[f"{blk(s, b)}/conv1"] = (_conv_bn(f"{blk(s, b)}/conv1", f"{blk(s, b)}/bn1"),
-                                        {f"{blk(s, b)}/conv2/kernel"})
-  return expected
+def _chain_expected_groups(n):
+  return {f"conv{i}/conv": (_conv_bn(f"conv{i}/conv", f"conv{i}/bn"),
+                            {f"conv{i + 1}/conv/kernel" if i < n else "head/kernel"})
+          for i in range(1, n + 1)}
 
 
 def _as_sets(groups):
-  join = "/".join
-  return {g.name: ({join(m) for m in g.members}, {join(c) for c in g.consumers}) for g in groups}
+  return {g.name: ({m.path for m in g.members}, {c.path for c in g.consumers}) for g in groups}
 
 
-def test_resnet20_groups_match_hand_written_coupling():
-  variables, _ = _setup(get_model("resnet20", 10))
-  groups = structured.derive_groups(variables["params"])
-  assert _as_sets(groups) == _resnet20_expected_groups()
-  assert [g.size for g in groups if "shortcut" in g.name or g.name == "stem_conv"] == [16, 32, 64]
-  assert structured.num_channels(groups) == 3 * (16 + 32 + 64) + (16 + 32 + 64)
+ZOO = {
+    "small_convnet": ((12, 12, 1), lambda m: _chain_expected_groups(4)),
+    "vgg16": ((32, 32, 3), lambda m: _chain_expected_groups(13)),
+    "resnet20": (IMG, _resnet_expected_groups),
+    "resnet50": ((32, 32, 3), _resnet_expected_groups),
+}
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_groups_equal_the_hand_derived_coupling(name):
+  shape, expected = ZOO[name]
+  model = get_model(name, 10)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)),
+                                                train=False))
+  groups = _groups(model, variables, shape)
+  assert _as_sets(groups) == expected(model)
+  params = dict(structured.scoring.flat_leaves(variables["params"]))
+  for g in groups:
+    for slot in g.members:  # the last axis, every channel once, in order
+      assert slot.axis == params[slot.path].ndim - 1
+      np.testing.assert_array_equal(slot.index, np.arange(g.size)[:, None])
+    for slot in g.consumers:  # the input axis of a kernel
+      assert slot.axis == params[slot.path].ndim - 2
+      np.testing.assert_array_equal(slot.index, np.arange(g.size)[:, None])
+    assert {s.path.rsplit("/", 1)[1] for s in g.state} == {"mean", "var"}
   # Every conv kernel is a member of exactly one group; the head of none.
-  kernels = {"/".join(_keys(p)) for p, x in jax.tree_util.tree_leaves_with_path(
-      variables["params"]) if x.ndim > 1}
-  members = [m for _, (ms, _) in _as_sets(groups).items() for m in ms if m.endswith("kernel")]
+  kernels = {p for p, x in params.items() if x.ndim > 1}
+  members = [m.path for g in groups for m in g.members if m.path.endswith("kernel")]
   assert sorted(members) == sorted(kernels - {"head/kernel"})
 
 
-def test_conv_chain_groups():
-  for name in ("vgg", "small_convnet"):
-    model, shape = MODELS[name]()
-    variables, _ = _setup(model, shape)
-    groups = structured.derive_groups(variables["params"])
-    n = len(groups)
-    assert _as_sets(groups) == {
-        f"conv{i}/conv": (_conv_bn(f"conv{i}/conv", f"conv{i}/bn"),
-                          {f"conv{i + 1}/conv/kernel" if i < n else "head/kernel"})
-        for i in range(1, n + 1)
-    }
+def test_resnet20_group_order_and_sizes():
+  model = get_model("resnet20", 10)
+  variables, _ = _setup(model)
+  groups = _groups(model, variables, IMG)
+  assert [g.name for g in groups][:5] == [
+      "stem_conv", "stage1_block0/conv1", "stage1_block1/conv1", "stage1_block2/conv1",
+      "stage2_block0/conv1"]
+  assert [g.size for g in groups if "shortcut" in g.name or g.name == "stem_conv"] == [16, 32, 64]
+  assert structured.num_channels(groups) == 3 * (16 + 32 + 64) + (16 + 32 + 64)
+
+
+GOLDEN_CASES = {
+    "small_convnet": ((12, 12, 1), ("prospr", "prospr_first_order", "snip", "magnitude", "random")),
+    "tiny_resnet": (IMG, ("prospr", "prospr_first_order", "snip", "magnitude", "random")),
+    "resnet20": (IMG, ("magnitude", "random")),
+    "vgg16": ((32, 32, 3), ("magnitude", "random")),
+    "resnet50": ((32, 32, 3), ("magnitude", "random")),
+}
+
+
+@pytest.fixture(scope="module")
+def golden():
+  """Kept channels of the former name-based `structured_prune` (commit 1e5f9e2, see
+  tests/data/README.md), keyed `model|method|group`."""
+  with np.load(pathlib.Path(__file__).parent / "data" / "structured_golden_masks.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+@pytest.mark.parametrize("name, method", [(n, m) for n, (_, ms) in GOLDEN_CASES.items()
+                                          for m in ms])
+def test_masks_equal_the_name_based_implementation(golden, name, method):
+  shape = GOLDEN_CASES[name][0]
+  model = TINY_RESNET() if name == "tiny_resnet" else get_model(name, 10)
+  variables, batch = _setup(model, shape)
+  batches = [batch, {"image": batch["image"] * 1.5, "label": batch["label"]}]
+  options = {"num_steps": 1, "optimizer": optax.sgd(0.05)} if method.startswith("prospr") else {}
+  masks = structured.structured_prune(method, model, variables, batches, 0.5,
+                                      key=jax.random.key(7), min_kept_per_group=1, **options)
+  groups = _groups(model, variables, shape)
+  keep = structured.channels_from_masks(variables["params"], groups, masks)
+  expected = {k.split("|")[2]: v for k, v in golden.items() if k.startswith(f"{name}|{method}|")}
+  assert list(keep) == [g.name for g in groups] and set(keep) == set(expected)
+  for group, kept in keep.items():
+    np.testing.assert_array_equal(kept, expected[group], err_msg=group)
 
 
 # --- Compaction equals masking. --------------------------------------------------------------
@@ -157,15 +188,15 @@ def test_conv_chain_groups():
 def test_compacted_outputs_equal_masked_outputs(name):
   model, shape = MODELS[name]()
   variables, batch = _setup(model, shape)
-  masks = _random_masks(model, variables)
-  small, small_vars = compaction.compact(model, variables, masks)
-  masked_logits = _apply(model, _masked(variables, masks), batch["image"])
-  small_logits = _apply(small, small_vars, batch["image"])
+  masks = _random_masks(model, variables, shape)
+  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
+  masked_logits = eval_logits(model, masked_variables(variables, masks), batch["image"])
+  small_logits = eval_logits(small, small_vars, batch["image"])
   np.testing.assert_allclose(small_logits, masked_logits, rtol=1e-5, atol=1e-5)
   # The test bites: the model really shrank, and pruning changed the function.
-  count = compaction.count_params
+  count = structured.count_params
   assert count(small_vars["params"]) < count(variables["params"])
-  dense_logits = _apply(model, variables, batch["image"])
+  dense_logits = eval_logits(model, variables, batch["image"])
   assert not np.allclose(dense_logits, masked_logits, atol=1e-3)
 
 
@@ -175,25 +206,25 @@ def test_masking_kernel_outputs_alone_would_leave_pruned_channels_alive():
   model, shape = MODELS["vgg"]()
   variables, batch = _setup(model, shape)
   params = variables["params"]
-  masks = _random_masks(model, variables)
+  masks = _random_masks(model, variables, shape)
 
   def naive(path, x):
     name = "/".join(_keys(path))
     if name.endswith("kernel") and not name.startswith("head"):
-      return _out_channels(masks, params, name).reshape(masks_lib.channel_shape(x.shape))
+      return _out_channels(masks, params, name).reshape((1,) * (x.ndim - 1) + (-1,))
     return np.ones(x.shape, bool)
 
   naive_masks = jax.tree_util.tree_map_with_path(naive, params)
-  small, small_vars = compaction.compact(model, variables, masks)
-  wrong = _apply(model, _masked(variables, naive_masks), batch["image"])
-  assert not np.allclose(_apply(small, small_vars, batch["image"]), wrong, atol=1e-3)
+  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
+  wrong = eval_logits(model, masked_variables(variables, naive_masks), batch["image"])
+  assert not np.allclose(eval_logits(small, small_vars, batch["image"]), wrong, atol=1e-3)
 
 
 def test_compaction_after_masked_training():
   """Train a few masked SGD steps (keep_masked, train-mode BN), then compact: still equal."""
   model, shape = MODELS["bottleneck"]()
   variables, batch = _setup(model, shape)
-  masks = _random_masks(model, variables)
+  masks = _random_masks(model, variables, shape)
   tx = optax.chain(keep_masked(masks), optax.sgd(0.1, momentum=0.9))
   params, stats = masks_lib.apply_masks(variables["params"], masks), variables["batch_stats"]
   opt_state = tx.init(params)
@@ -208,22 +239,23 @@ def test_compaction_after_masked_training():
   for _ in range(3):
     params, stats, opt_state = step(params, stats, opt_state)
   trained = {"params": params, "batch_stats": stats}
-  small, small_vars = compaction.compact(model, trained, masks)
+  small, small_vars = compaction.compact(model, trained, masks, batch["image"])
   np.testing.assert_allclose(
-      _apply(small, small_vars, batch["image"]),
-      _apply(model, trained, batch["image"]), rtol=1e-5, atol=1e-5)
+      eval_logits(small, small_vars, batch["image"]),
+      eval_logits(model, trained, batch["image"]), rtol=1e-5, atol=1e-5)
 
 
 def test_save_and_load_roundtrip(tmp_path):
   for name in ("resnet20", "small_convnet"):
     model, shape = MODELS[name]()
     variables, batch = _setup(model, shape)
-    small, small_vars = compaction.compact(model, variables, _random_masks(model, variables))
+    masks = _random_masks(model, variables, shape)
+    small, small_vars = compaction.compact(model, variables, masks, batch["image"])
     compaction.save(tmp_path / name, small, small_vars)
     loaded, loaded_vars = compaction.load(tmp_path / name)
     assert compaction.model_spec(loaded) == compaction.model_spec(small)
-    np.testing.assert_array_equal(_apply(loaded, loaded_vars, batch["image"]),
-                                  _apply(small, small_vars, batch["image"]))
+    np.testing.assert_array_equal(eval_logits(loaded, loaded_vars, batch["image"]),
+                                  eval_logits(small, small_vars, batch["image"]))
 
 
 # --- Coupling: residual additions and the head. ----------------------------------------------
@@ -248,7 +280,7 @@ def test_no_residual_addition_mixes_pruned_and_kept_channels(name):
   model, shape = MODELS[name]()
   variables, _ = _setup(model, shape)
   params = variables["params"]
-  masks = _random_masks(model, variables)
+  masks = _random_masks(model, variables, shape)
   last = "bn3" if model.block_cls is Bottleneck else "bn2"
   stream = _channel_mask(masks, "stem_bn/scale")  # what enters stage1_block0
   pruned_streams = 0
@@ -306,16 +338,20 @@ def _resnet20_counts(masks):
 @pytest.mark.parametrize("name, counts", [("vgg", _vgg_counts), ("resnet20", _resnet20_counts)])
 def test_param_and_mac_counts_match_independent_counts(name, counts):
   model, shape = MODELS[name]()
-  variables, _ = _setup(model, shape)
-  masks = _random_masks(model, variables, sparsity=0.6)
-  small, small_vars = compaction.compact(model, variables, masks)
+  variables, batch = _setup(model, shape)
+  masks = _random_masks(model, variables, shape, sparsity=0.6)
+  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
   expected_params, expected_macs = counts(masks)
-  assert compaction.count_params(small_vars["params"]) == expected_params
+  assert structured.count_params(small_vars["params"]) == expected_params
   # ... = the weights surviving in the masked model (random BN params are all nonzero).
   masked = masks_lib.apply_masks(variables["params"], masks)
   assert sum(int(np.count_nonzero(x)) for x in jax.tree.leaves(masked)) == expected_params
-  assert compaction.conv_dense_macs(small, small_vars, shape) == expected_macs
-  assert compaction.conv_dense_macs(model, variables, shape) > expected_macs
+  macs = lambda m, v: structured.count_macs(functools.partial(eval_logits, m), v, batch["image"])
+  assert macs(small, small_vars) == expected_macs
+  assert macs(model, variables) > expected_macs
+  general = structured.compact(model, variables, masks, batch["image"]).report
+  assert (general.params_after, general.macs_after) == (expected_params, expected_macs)
+  assert general.macs_before == macs(model, variables)
   # density_summary counts exactly the kernel weights the compacted model has.
   density = masks_lib.density_summary(masks, variables["params"])["density/total"]
   assert round(density * _kernel_size(variables["params"])) == _kernel_size(small_vars["params"])
@@ -328,10 +364,10 @@ def _kernel_size(params) -> int:
 def test_kept_channels_exact_at_every_sparsity():
   model, shape = MODELS["resnet20"]()
   variables, _ = _setup(model, shape)
-  groups = structured.derive_groups(variables["params"])
+  groups = _groups(model, variables, shape)
   n = structured.num_channels(groups)
   for sparsity in (0.0, 0.1, 0.33, 0.5, 0.77, 0.95):
-    masks = _random_masks(model, variables, sparsity)
+    masks = _random_masks(model, variables, shape, sparsity)
     keep = structured.channels_from_masks(variables["params"], groups, masks)
     assert sum(int(k.sum()) for k in keep.values()) == round((1 - sparsity) * n)
     assert all(k.any() for k in keep.values())  # min_kept_per_group=1
@@ -381,7 +417,7 @@ def _gated(params, gates, gating):
 
 
 def _label_to_group(groups, gating):
-  return {gating["/".join(g.members[0])]: g.name for g in groups}
+  return {gating[g.members[0].path]: g.name for g in groups}
 
 
 def _hand_prospr_loss(gates, params, state, batches, loss_fn, gating, lr, first_order):
@@ -404,7 +440,7 @@ def test_group_score_equals_gradient_wrt_shared_gate(method, num_steps):
   batches = [{"image": batch["image"] * (1 + 0.1 * i), "label": batch["label"]}
              for i in range(num_steps + 1)]
   gating = _tiny_resnet_gating()
-  groups = structured.derive_groups(params)
+  groups = _groups(model, variables, IMG)
   names = _label_to_group(groups, gating)
   sizes = {g.name: g.size for g in groups}
   gates = {label: jnp.ones(sizes[name]) for label, name in names.items()}
@@ -426,14 +462,14 @@ def test_magnitude_and_random_group_scores():
   variables, _ = _setup(model)
   params = variables["params"]
   gating = _tiny_resnet_gating()
-  groups = structured.derive_groups(params)
-  scores = structured.group_scores("magnitude", model, variables)
+  groups = _groups(model, variables, IMG)
+  scores = structured.group_scores("magnitude", model, variables, example_input=_example(IMG))
   for label, name in _label_to_group(groups, gating).items():
     kernels = [p for p, lab in gating.items() if lab == label and p.endswith("kernel")]
     l1 = sum(np.abs(_leaf(params, p)).reshape(-1, scores[name].size).sum(0) for p in kernels)
     np.testing.assert_allclose(scores[name], l1, rtol=1e-5)
-  r1 = structured.group_scores("random", model, variables, key=jax.random.key(0))
-  r2 = structured.group_scores("random", model, variables, key=jax.random.key(0))
+  r1, r2 = (structured.group_scores("random", model, variables, example_input=_example(IMG),
+                                    key=jax.random.key(0)) for _ in range(2))
   assert all(np.array_equal(r1[k], r2[k]) and ((0 <= r1[k]) & (r1[k] < 1)).all() for k in r1)
 
 
@@ -443,7 +479,7 @@ def test_masks_work_with_existing_mask_tools(tmp_path):
   model, shape = MODELS["vgg"]()
   variables, _ = _setup(model, shape)
   params = variables["params"]
-  masks = _random_masks(model, variables)
+  masks = _random_masks(model, variables, shape)
   masks_lib.check_masks(params, masks)
   assert all(m.dtype == jnp.bool_ for m in jax.tree.leaves(masks))
   updates, _ = keep_masked(masks).update(jax.tree.map(jnp.ones_like, params),
@@ -464,7 +500,7 @@ def test_prune_at_init_uses_structured_prune():
   variables, _ = _setup(model, shape)
   masks = train.prune_at_init(config, model, variables, shape, jax.random.key(0), mesh=None)
   expected = structured.structured_prune("magnitude", model, variables, None, 0.5,
-                                         min_kept_per_group=1)
+                                         example_input=_example(shape), min_kept_per_group=1)
   assert all(np.array_equal(a, b)
              for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(expected)))
   assert sum(int(np.asarray(m).sum()) for m in (
@@ -477,12 +513,13 @@ def test_unsupported_method_is_a_clear_error():
   for method in ("grasp", "synflow", "force", "nonsense"):
     with pytest.raises(ValueError, match="no structured .*form.*prospr"):
       structured.structured_prune(method, model, variables, batch, 0.5)
-  assert set(structured.STRUCTURED_METHODS) == {
-      n for n, m in registry.METHODS.items() if m.structured}
+  assert set(structured.STRUCTURED_METHODS) < set(registry.METHODS)
   with pytest.raises(ValueError, match="needs \\['key'\\]"):
-    structured.structured_prune("random", model, variables, None, 0.5)
+    structured.structured_prune("random", model, variables, None, 0.5, example_input=_example(shape))
   with pytest.raises(ValueError, match="needs \\['batches'\\]"):
-    structured.structured_prune("snip", model, variables, None, 0.5)
+    structured.structured_prune("snip", model, variables, None, 0.5, example_input=_example(shape))
+  with pytest.raises(ValueError, match="example_input"):
+    structured.structured_prune("magnitude", model, variables, None, 0.5)
   with pytest.raises(ValueError, match="sparsity=1.0"):
     structured.structured_prune("magnitude", model, variables, None, 1.0)
   with pytest.raises(ValueError, match="allocation 'global' or 'uniform', not 'erk'"):
@@ -496,35 +533,40 @@ def test_unsupported_method_is_a_clear_error():
   int_variables = {**variables, "params": jax.tree.map(lambda p: p.astype(jnp.int32),
                                                        variables["params"])}
   with pytest.raises(TypeError, match="not floating point"):
-    structured.structured_prune("magnitude", model, int_variables, None, 0.5)
+    structured.structured_prune("magnitude", model, int_variables, None, 0.5,
+                                example_input=_example(shape))
 
 
-@pytest.mark.parametrize("tree", [
-    "lenet300100", "lenet5",
-    {"Conv_0": {"kernel": np.zeros((3, 3, 1, 4))}, "head": {"kernel": np.zeros((4, 2))}},
-    {"conv1": {"conv": {"kernel": np.zeros((3, 3, 1, 4))}, "bn": {"scale": np.zeros(4),
-                                                                  "bias": np.zeros(4)}},
-     "head": {"kernel": np.zeros((64, 2)), "bias": np.zeros(2)}},  # head on flattened features
-    {"conv1": {"conv": {"kernel": np.zeros((3, 3, 1, 4))}}, "head": {"kernel": np.zeros((4, 2))}},
-])
-def test_unknown_structure_is_a_clear_error(tree):
-  if isinstance(tree, str):
-    model = get_model(tree, 10)
-    tree = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
-                                             train=False))["params"]
-  with pytest.raises(structured.UnknownStructureError, match="Supported: conv chains"):
-    structured.derive_groups(tree)
+def test_lenet5_flatten_groups():
+  """LeNet-5, which the name-based version refused: conv2's 16 channels are read by fc1 after a
+  flatten of the 5x5x16 map, so each channel owns 25 rows of fc1 (row = 16 * position + c)."""
+  model, shape = get_model("lenet5", 10), (28, 28, 1)
+  variables, batch = _setup(model, shape)
+  groups = {g.name: g for g in _groups(model, variables, shape)}
+  assert list(groups) == ["conv1", "conv2", "fc1", "fc2"]
+  assert _as_sets(groups.values()) == {
+      "conv1": ({"conv1/kernel", "conv1/bias"}, {"conv2/kernel"}),
+      "conv2": ({"conv2/kernel", "conv2/bias"}, {"fc1/kernel"}),
+      "fc1": ({"fc1/kernel", "fc1/bias"}, {"fc2/kernel"}),
+      "fc2": ({"fc2/kernel", "fc2/bias"}, {"head/kernel"}),
+  }
+  (fc1,) = groups["conv2"].consumers
+  np.testing.assert_array_equal(fc1.index, np.arange(16)[:, None] + 16 * np.arange(25))
+  masks = _random_masks(model, variables, shape)
+  small = structured.compact(model, variables, masks, batch["image"])
+  np.testing.assert_allclose(small(batch["image"]), eval_logits(model, masked_variables(variables, masks),
+                                                           batch["image"]), rtol=1e-5, atol=1e-5)
 
 
 def test_compacting_non_group_masks_is_a_clear_error():
   model, shape = MODELS["vgg"]()
   variables, _ = _setup(model, shape)
-  masks = _random_masks(model, variables)
+  masks = _random_masks(model, variables, shape)
   kept = int(np.argmax(_channel_mask(masks, "conv2/bn/scale")))
   masks["conv2"]["bn"]["bias"] = masks["conv2"]["bn"]["bias"].at[kept].set(False)
   with pytest.raises(ValueError, match="conv2/conv.*not channel-group masks"):
-    compaction.compact(model, variables, masks)
+    compaction.compact(model, variables, masks, _example(shape))
   masks = jax.tree.map(jnp.ones_like, masks)
   masks["conv3"] = jax.tree.map(jnp.zeros_like, masks["conv3"])
   with pytest.raises(ValueError, match="'conv3/conv' keeps no channel"):
-    compaction.compact(model, variables, masks)
+    structured.compact(model, variables, masks, _example(shape))

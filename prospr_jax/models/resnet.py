@@ -14,8 +14,10 @@ which is `shortcut_bn`'s output when the block has `shortcut_conv`, else the blo
 So within a stage, the output channels of the last BN of every block, of the first block's
 `shortcut_bn` (or, if the stage's first block has no projection, of whatever produced the
 stage's input: `stem_bn` or the previous stage's sum) are one coupled channel group. A
-zero-padding shortcut couples the C input channels with only C of its block's output
-channels, which such groups cannot express (`structured.py` refuses those networks).
+zero-padding shortcut couples the C input channels with only the middle C of its block's
+output channels; the padded ones belong to the block's own last conv/BN. The traced groups of
+`prospr_jax.structured` follow that: each stage's new channels are a group that continues
+through the later stages at offsets (see `tests/test_structured_paper_models.py`).
 
 Block modules are named `stage{s}_block{b}` (s from 1, b from 0), the stem `stem_conv` /
 `stem_bn`, the classifier `head`.

@@ -123,6 +123,22 @@ Compiles once per static setup (`loss_fn`, `optimizer`, `first_order`, `remat`, 
 batches, shapes)."""
 
 
+def step_batches(batches: PyTree | Sequence[PyTree], num_steps: int) -> list[PyTree]:
+  """The `num_steps + 1` batches of the inner steps and the outer loss: the given ones, or a
+  single given batch reused for every step."""
+  if num_steps < 0:
+    raise ValueError(f"num_steps={num_steps} must be >= 0.")
+  batches = objective.as_batch_list(batches)
+  if len(batches) == 1:
+    return batches * (num_steps + 1)
+  if len(batches) != num_steps + 1:
+    raise ValueError(
+        f"ProsPr with num_steps={num_steps} needs {num_steps + 1} batches (one per inner step "
+        f"and one for the outer loss) or a single batch to reuse; got {len(batches)}."
+    )
+  return batches
+
+
 def prospr_scores(
     loss_fn,
     params: PyTree,
@@ -133,8 +149,6 @@ def prospr_scores(
     optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
     first_order: bool = False,
     remat: bool = False,
-    structured: bool = False,
-    filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
 ) -> PyTree:
   """ProsPr saliency `|∂L(θk(c); Dk)/∂c|` at `c = 1`, a pytree like `params`.
 
@@ -149,27 +163,15 @@ def prospr_scores(
     optimizer: the inner optax optimizer (default SGD with learning rate 0.1).
     first_order: treat the inner updates as constants (first-order ProsPr).
     remat: checkpoint each inner step to bound memory as `k` grows.
-    structured: score one mask entry per output channel of each prunable leaf (shape
-      `(1, ..., 1, out)`); use a `filter_fn` that excludes the classifier.
-    filter_fn: prunable leaves (only they get per-channel masks when `structured`).
 
   Returns:
-    Non-negative scores; prunable leaves have the mask's shape, other leaves their param's.
+    Non-negative scores with the structure and shapes of `params`. (Channel scores: see
+    `prospr_jax.structured`.)
   """
-  if num_steps < 0:
-    raise ValueError(f"num_steps={num_steps} must be >= 0.")
-  batches = objective.as_batch_list(batches)
-  if len(batches) == 1:
-    batches = batches * (num_steps + 1)
-  elif len(batches) != num_steps + 1:
-    raise ValueError(
-        f"ProsPr with num_steps={num_steps} needs {num_steps + 1} batches (one per inner step "
-        f"and one for the outer loss) or a single batch to reuse; got {len(batches)}."
-    )
+  batches = step_batches(batches, num_steps)
   loss_fn, state = objective.with_state(loss_fn, state)
-  c = masks_lib.ones_masks(params, filter_fn, structured=structured)
   grads = meta_gradient(
-      c, params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
+      masks_lib.ones_masks(params), params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
       first_order=first_order, remat=remat,
   )
   return jax.tree.map(abs, grads)

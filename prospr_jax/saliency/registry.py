@@ -27,7 +27,6 @@ class PruneInputs:
   input_shape: Sequence[int] | None = None
   key: jax.Array | None = None
   filter_fn: masks_lib.FilterFn = masks_lib.default_filter
-  structured: bool = False
 
 
 MethodFn = Callable[..., PyTree]
@@ -36,14 +35,14 @@ MethodFn = Callable[..., PyTree]
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-  """A registered pruning method: what it needs, its option names, whether it scores channels,
-  whether it selects once from one score pytree (`one_shot`) or iterates, and the BatchNorm
-  mode its authors' code scores in (`None` for the methods that run no model)."""
+  """A registered pruning method: what it needs, its option names, whether it selects once
+  from one score pytree (`one_shot`) or iterates, and the BatchNorm mode its authors' code
+  scores in (`None` for the methods that run no model). (Channel pruning: see
+  `prospr_jax.structured`.)"""
 
   fn: MethodFn
   needs: tuple[str, ...]
   options: tuple[str, ...]
-  structured: bool
   one_shot: bool
   batchnorm_mode: BatchNormMode | None
 
@@ -56,7 +55,6 @@ def register(
     *,
     needs: tuple[str, ...],
     options: tuple[str, ...] = (),
-    structured: bool = False,
     one_shot: bool = False,
     batchnorm_mode: BatchNormMode | None = None,
 ):
@@ -64,7 +62,7 @@ def register(
   `options`: its keyword options."""
 
   def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, options, structured, one_shot, batchnorm_mode)
+    METHODS[name] = Method(fn, needs, options, one_shot, batchnorm_mode)
     return fn
 
   return add
@@ -86,8 +84,7 @@ _PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
 def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
   return prospr.prospr_scores(
       inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      structured=inputs.structured, filter_fn=inputs.filter_fn, first_order=first_order,
-      **options,
+      first_order=first_order, **options,
   )
 
 
@@ -95,23 +92,20 @@ def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
 # `net.train()`; SNIP (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a
 # fresh model, in train mode; naver/force never leaves train mode; Synaptic-Flow's `prune_loop`
 # calls `model.eval()` for SynFlow.
-register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, structured=True, one_shot=True,
+register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
          batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=False))
 )
-register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, structured=True,
-         one_shot=True, batchnorm_mode="train")(
+register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
+         batchnorm_mode="train")(
     _one_shot(functools.partial(_prospr, first_order=True))
 )
 
 
-@register("snip", needs=_DATA, structured=True, one_shot=True, batchnorm_mode="eval")
+@register("snip", needs=_DATA, one_shot=True, batchnorm_mode="eval")
 @_one_shot
 def _snip(inputs: PruneInputs) -> PyTree:
-  return snip.snip_scores(
-      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      structured=inputs.structured, filter_fn=inputs.filter_fn,
-  )
+  return snip.snip_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
 
 
 @register("grasp", needs=_DATA, one_shot=True, batchnorm_mode="train")
@@ -123,20 +117,16 @@ def _grasp(inputs: PruneInputs) -> PyTree:
   )
 
 
-@register("magnitude", needs=(), structured=True, one_shot=True)
+@register("magnitude", needs=(), one_shot=True)
 @_one_shot
 def _magnitude(inputs: PruneInputs) -> PyTree:
-  return simple.magnitude_scores(
-      inputs.params, structured=inputs.structured, filter_fn=inputs.filter_fn
-  )
+  return simple.magnitude_scores(inputs.params)
 
 
-@register("random", needs=("key",), structured=True, one_shot=True)
+@register("random", needs=("key",), one_shot=True)
 @_one_shot
 def _random(inputs: PruneInputs) -> PyTree:
-  return simple.random_scores(
-      inputs.params, inputs.key, structured=inputs.structured, filter_fn=inputs.filter_fn
-  )
+  return simple.random_scores(inputs.params, inputs.key)
 
 
 def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bool, **options):
@@ -182,7 +172,6 @@ def prune(
     input_shape: Sequence[int] | None = None,
     key: jax.Array | None = None,
     filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
-    structured: bool = False,
     allocation: masks_lib.Allocation = "global",
     min_kept_per_layer: int | None = None,
     invert: bool = False,
@@ -194,7 +183,7 @@ def prune(
     method: a name in `METHODS`: 'prospr', 'prospr_first_order', 'snip', 'grasp',
       'iterative_snip', 'force', 'synflow', 'magnitude', 'random'.
     params: the initial params.
-    sparsity: fraction of prunable weights (channels if `structured`) removed, in [0, 1).
+    sparsity: fraction of prunable weights removed, in [0, 1).
     loss_fn: `loss_fn(params, batch) -> loss`, or with `state`,
       `loss_fn(params, state, batch) -> (loss, new_state)` (data-dependent methods).
     batches: a batch or a list of batches for data-dependent methods.
@@ -203,7 +192,6 @@ def prune(
     input_shape: one example's input shape (SynFlow).
     key: PRNG key ('random').
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
-    structured: one mask entry per output channel (methods with `structured=True` only).
     allocation, min_kept_per_layer: see `masks_from_scores`.
     invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
       lowest-scored weights, as many as the method would keep there (one-shot methods only;
@@ -216,22 +204,23 @@ def prune(
 
   Raises:
     ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
-    TypeError: non-numeric sparsity, params that are not floating point.
+    TypeError: non-numeric sparsity, params that are not floating point, `structured=`.
   """
   if method not in METHODS:
     raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
   spec = METHODS[method]
+  if "structured" in options:
+    raise TypeError(
+        "prune() has no structured mode: channel pruning, with the channels that must go "
+        "together traced from the model, is prospr_jax.structured_prune(method, model, "
+        "variables, batches, sparsity)."
+    )
   check_options(method, options, spec.options)
   masks_lib.check_float_params(params)
-  inputs = PruneInputs(
-      params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn, structured
-  )
+  inputs = PruneInputs(params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn)
   missing = [name for name in spec.needs if getattr(inputs, name) is None]
   if missing:
     raise ValueError(f"Method {method!r} needs {missing}; pass them to prune().")
-  if structured and not spec.structured:
-    structured_ones = sorted(n for n, m in METHODS.items() if m.structured)
-    raise ValueError(f"Method {method!r} has no structured form; use one of {structured_ones}.")
   if invert and not spec.one_shot:
     one_shot = sorted(n for n, m in METHODS.items() if m.one_shot)
     raise ValueError(

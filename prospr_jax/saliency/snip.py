@@ -42,15 +42,13 @@ def snip_scores(
     batches: PyTree | Sequence[PyTree],
     *,
     state: PyTree | None = None,
-    structured: bool = False,
-    filter_fn: masks_lib.FilterFn = masks_lib.default_filter,
 ) -> PyTree:
   """SNIP saliency `|θ ⊙ ∇θ L|`, with the gradient averaged over `batches`.
 
-  Args mirror `prospr_scores`; `structured` sums each output channel's entries.
+  Args mirror `prospr_scores`.
   """
   loss_fn, state = objective.with_state(loss_fn, state)
-  ones = masks_lib.ones_masks(params, filter_fn, structured=structured)
+  ones = masks_lib.ones_masks(params)
   return _mean_abs_sensitivity(loss_fn, params, state, objective.as_batch_list(batches), ones)
 
 
