@@ -3,7 +3,9 @@ r"""Cost of ProsPr relative to training, measured side by side in one process.
   python experiments/benchmark.py                      # small_convnet, batch 128, CPU/GPU/TPU
   python experiments/benchmark.py --preset=cifar10_resnet20 --remat  # a paper setting, remat
   python experiments/benchmark.py --smoke              # tiny and fast (used by the tests)
-  python experiments/benchmark.py --output=docs/benchmark_cpu.json
+  python experiments/benchmark.py --preset=cifar10_resnet20 \
+      --preset=fashion_mnist_small_convnet --reference=reference.jsonl   # several settings,
+      # side by side with scripts/reference_benchmark.py's times (scripts/cpu_benchmark.sh)
 
 Every measured function is jitted, lowered and compiled once (`jit(f).lower(...).compile()`,
 timed as the compile time), run once as a warm-up, then run `--repeats` times, the functions
@@ -17,11 +19,18 @@ batches (timing and memory do not depend on the data). Reported, as ratios plus 
     largest k <= 3 in --ks);
   * the masked training step (`training.make_optimizer`: keep_masked -> weight decay -> SGD
     with momentum) / the same chain without keep_masked (dense);
+  * with --reference (the JSON lines of scripts/reference_benchmark.py), side by side with the
+    authors' PyTorch ProsPr on the same setting (its jobs with this model name, batch size,
+    input shape and number of classes): the training step, full and first-order ProsPr as
+    prospr_jax / reference wall-time ratios, and full ProsPr / training step on both sides;
   * the compiled memory of the ProsPr meta-gradient with and without remat for each k in
     --memory_ks (none: skipped), as ratios to the smallest k, from
     `Compiled.memory_analysis()`: peak = argument + output + temp - alias bytes (the k + 1
     distinct input batches are arguments, so they are included); every timed function's own
     peak is reported beside its times.
+
+Each --preset (repeatable) is measured in turn in the same process; --output then holds
+`{"runs": [one run_benchmark result per setting]}`.
 
 Imports no TensorFlow, tfds or ml-collections: it runs where just jax, flax, optax and absl are.
 """
@@ -56,12 +65,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar10_vgg16": {"model_name": "vgg16", "input_shape": (32, 32, 3), "num_classes": 10},
     "tinyimagenet_resnet18": {"model_name": "resnet18", "input_shape": (64, 64, 3),
                               "num_classes": 200},
+    "fashion_mnist_small_convnet": {"model_name": "small_convnet", "input_shape": (28, 28, 1),
+                                    "num_classes": 10},
 }
-"""The paper's settings (named like their configs/): `run_benchmark` keyword arguments."""
+"""The paper's settings (named like their configs/) and the project's default CPU setting:
+`run_benchmark` keyword arguments."""
 
-_PRESET = flags.DEFINE_enum(
-    "preset", None, list(PRESETS), "A paper setting: sets --model, --input_shape, --num_classes."
-)
+_PRESET = flags.DEFINE_multi_enum(
+    "preset", [], list(PRESETS),
+    "A setting: sets --model, --input_shape, --num_classes. Repeat it to measure several.")
 _MODEL = flags.DEFINE_string("model", "small_convnet", "A name for prospr_jax.models.get_model.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size of every measured function.")
 _INPUT_SHAPE = flags.DEFINE_list("input_shape", ["28", "28", "1"], "Input shape H,W,C.")
@@ -76,6 +88,9 @@ _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny run: lenet300100, batch 8, 1 repetition, ks 1, memory_ks 1,3."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Optional path for the results as JSON.")
+_REFERENCE = flags.DEFINE_string(
+    "reference", None,
+    "JSON lines of scripts/reference_benchmark.py: adds the side-by-side table and its targets.")
 
 SMOKE_SETTINGS = {"model_name": "lenet300100", "batch_size": 8, "repeats": 1, "ks": (1,),
                   "memory_ks": (1, 3)}
@@ -90,8 +105,12 @@ SPARSITY = 0.9
 """Fraction of weights pruned (at random) in the masks of the masked training step."""
 
 MASKED_OVER_DENSE_MAX = 1.05
-PROSPR_K3_OVER_STEP_MAX = 16.0
+PROSPR_K3_OVER_STEP_MAX = 10.0
+"""Issue 11: full ProsPr at k = 3 costs at most 10 training steps, the reference's own ratio."""
 REMAT_MEMORY_RATIO_MAX = 1.5
+OVER_REFERENCE_MAX = {"train_step": 1.5, "full": 2.0, "first_order": 1.5}
+"""Issue 11: the most prospr_jax / reference wall time of the training step, full ProsPr and
+first-order ProsPr (set there for ResNet-20; checked for every setting with a reference)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,9 +319,57 @@ def ratios(
   return out
 
 
+def read_reference(path: str) -> list[dict[str, Any]]:
+  """The records of scripts/reference_benchmark.py's JSON-lines output (environment first)."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def reference_comparison(
+    results: dict[str, Any], records: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+  """`results` beside the reference's timed jobs of the same setting (model name, batch size,
+  input shape, classes): `{'environment', 'rows', 'steps_per_full'}`.
+
+  Each row is `{'function', 'key', 'reference_ms', 'jax_ms', 'jax_over_reference'}` for the
+  training step, full ProsPr and first-order ProsPr at the reference k (`None` where a side
+  was not measured); `steps_per_full` is full ProsPr / training step on each side.
+  """
+  cfg = results["config"]
+  k = cfg["reference_k"]
+  setting = {"model": cfg["model"], "batch_size": cfg["batch_size"],
+             "input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"]}
+
+  def reference_ms(**fields: Any) -> float | None:
+    wanted = setting | fields
+    job = next((r for r in records if "run_ms" in r
+                and all(r.get(name) == value for name, value in wanted.items())), None)
+    return job["run_ms"] if job else None
+
+  functions = [
+      ("one training step", "train_step", "train_step_masked", {"kind": "train_step"}),
+      (f"full ProsPr k={k}", "full", prospr_name(k, cfg["remat"]),
+       {"kind": "prospr", "method": "full", "k": k}),
+      (f"first-order ProsPr k={k}", "first_order", f"prospr_first_order_k{k}",
+       {"kind": "prospr", "method": "first_order", "k": k}),
+  ]
+  rows = []
+  for label, key, name, fields in functions:
+    ref, ours = reference_ms(**fields), results["times"][name]["run_ms"]
+    rows.append({"function": label, "key": key, "reference_ms": ref, "jax_ms": ours,
+                 "jax_over_reference": ours / ref if ref else None})
+  step, full = rows[0], rows[1]
+  steps_per_full = {
+      "reference": full["reference_ms"] / step["reference_ms"]
+      if full["reference_ms"] and step["reference_ms"] else None,
+      "jax": full["jax_ms"] / step["jax_ms"]}
+  environment = next((r for r in records if r.get("kind") == "environment"), None)
+  return {"environment": environment, "rows": rows, "steps_per_full": steps_per_full}
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
   """The targets as `{'name', 'value', 'limit', 'met'}` (value <= limit is met); the memory
-  target only with a memory table."""
+  target only with a memory table, the prospr_jax / reference ones only with a reference."""
   cfg = results["config"]
   k_ref = cfg["reference_k"]
   checks = [
@@ -317,6 +384,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     k_max, k_min = max(memory, key=int), min(memory, key=int)
     checks.append((f"remat peak memory k={k_max} / k={k_min}", memory[k_max]["ratio"],
                    REMAT_MEMORY_RATIO_MAX))
+  for row in (results.get("reference") or {}).get("rows", []):
+    if row["jax_over_reference"] is not None:
+      checks.append((f"{row['function']}: prospr_jax / reference", row["jax_over_reference"],
+                     OVER_REFERENCE_MAX[row["key"]]))
   return [{"name": n, "value": v, "limit": lim, "met": bool(v <= lim)} for n, v, lim in checks]
 
 
@@ -335,12 +406,14 @@ def run_benchmark(
     ks: Sequence[int] = (1, 3, 10),
     memory_ks: Sequence[int] = (1, 3, 10, 30),
     remat: bool = False,
+    reference: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
   """Runs every measurement and returns a JSON-serializable results dict.
 
   Keys: 'device' (see `device_info`), 'config', 'times'
   (`{name: {'compile_ms', 'run_ms', 'peak_mib'}}`), 'ratios' (`{'a / b': float}`), 'memory'
-  (see `measure_memory`) and 'targets'. `remat` times full ProsPr with `remat=True`.
+  (see `measure_memory`), 'reference' (`reference_comparison` with the `reference` records,
+  None without) and 'targets'. `remat` times full ProsPr with `remat=True`.
   """
   if repeats < 1 or not ks:
     raise ValueError("Need repeats >= 1 and non-empty ks.")
@@ -358,6 +431,7 @@ def run_benchmark(
       "ratios": ratios(times, ks, remat),
       "memory": measure_memory(setup, memory_ks),
   }
+  results["reference"] = reference_comparison(results, reference) if reference else None
   results["targets"] = targets(results)
   return results
 
@@ -381,6 +455,23 @@ def _memory_table(memory: dict[str, dict[str, dict]]) -> list[str]:
   return lines + [""]
 
 
+def _reference_table(comparison: dict[str, Any]) -> list[str]:
+  """Lines of the side-by-side table of `reference_comparison`."""
+  env = comparison["environment"] or {}
+  cell = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+  lines = [f"side by side with the reference (the authors' PyTorch code, torch "
+           f"{env.get('torch', '-')}, {env.get('cpu_threads', '-')} CPU threads, "
+           f"{env.get('gpu') or 'no GPU'})",
+           f"{'':<30}{'reference ms':>14}{'prospr_jax ms':>15}{'prospr_jax / ref':>18}"]
+  lines += [f"{r['function']:<30}{cell(r['reference_ms'], '.1f'):>14}"
+            f"{r['jax_ms']:>15.1f}{cell(r['jax_over_reference'], '.2f'):>18}"
+            for r in comparison["rows"]]
+  steps = comparison["steps_per_full"]
+  lines.append(f"{'full ProsPr / training step':<30}{cell(steps['reference'], '.2f'):>14}"
+               f"{steps['jax']:>15.2f}")
+  return lines + [""]
+
+
 def format_report(results: dict[str, Any]) -> str:
   """Human-readable tables of `run_benchmark`'s results."""
   cfg, dev = results["config"], results["device"]
@@ -395,6 +486,8 @@ def format_report(results: dict[str, Any]) -> str:
   lines.append("")
   if results["memory"]:
     lines += _memory_table(results["memory"])
+  if results.get("reference"):
+    lines += _reference_table(results["reference"])
   lines += [f"target {t['name']}: {t['value']:.3f} <= {t['limit']}: "
             f"{'met' if t['met'] else 'MISSED'}" for t in results["targets"]]
   return "\n".join(lines)
@@ -404,31 +497,33 @@ def _ints(values: Sequence[str]) -> tuple[int, ...]:
   return tuple(int(v) for v in values)
 
 
-def _model_settings() -> dict[str, Any]:
-  """`model_name`, `input_shape` and `num_classes` from --preset, else from their own flags."""
+def _model_settings() -> list[dict[str, Any]]:
+  """`model_name`, `input_shape` and `num_classes` of each --preset, else from their own flags."""
   own = (_MODEL, _INPUT_SHAPE, _NUM_CLASSES)
-  if _PRESET.value is None:
-    return {"model_name": _MODEL.value, "input_shape": _ints(_INPUT_SHAPE.value),
-            "num_classes": _NUM_CLASSES.value}
+  if not _PRESET.value:
+    return [{"model_name": _MODEL.value, "input_shape": _ints(_INPUT_SHAPE.value),
+             "num_classes": _NUM_CLASSES.value}]
   if any(f.present for f in own):
     raise app.UsageError("--preset sets --model, --input_shape and --num_classes; give either.")
-  return PRESETS[_PRESET.value]
+  return [PRESETS[name] for name in _PRESET.value]
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  kwargs = {**_model_settings(), "batch_size": _BATCH_SIZE.value, "repeats": _REPEATS.value,
-            "ks": _ints(_KS.value), "memory_ks": _ints(_MEMORY_KS.value), "remat": _REMAT.value}
-  if _SMOKE.value:
-    kwargs |= SMOKE_SETTINGS
-  results = run_benchmark(**kwargs)
-  print(format_report(results))
+  common = {"batch_size": _BATCH_SIZE.value, "repeats": _REPEATS.value, "ks": _ints(_KS.value),
+            "memory_ks": _ints(_MEMORY_KS.value), "remat": _REMAT.value,
+            "reference": read_reference(_REFERENCE.value) if _REFERENCE.value else None}
+  runs = []
+  for settings in _model_settings():
+    kwargs = settings | common | (SMOKE_SETTINGS if _SMOKE.value else {})
+    runs.append(run_benchmark(**kwargs))
+    print(format_report(runs[-1]), end="\n\n", flush=True)
   if _OUTPUT.value:
     os.makedirs(os.path.dirname(_OUTPUT.value) or ".", exist_ok=True)
     with open(_OUTPUT.value, "w") as f:
-      json.dump(results, f, indent=2)
-    print(f"\nwrote {_OUTPUT.value}")
+      json.dump({"runs": runs}, f, indent=2)
+    print(f"wrote {_OUTPUT.value}")
 
 
 if __name__ == "__main__":

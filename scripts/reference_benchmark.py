@@ -15,7 +15,8 @@ The plan is a JSON list of jobs, run in order:
   {..., "kind": "prospr", "method": "full" | "first_order", "k": 3, "published": true}
 
 A model is their `model_factory(model, dataset)` with the dataset named by `num_classes`, on
-the GPU if there is one. ProsPr is their `prospr.prune(..., return_scores=True)` with inner SGD
+the GPU if there is one; `"model": "small_convnet"` is `SmallConvNet` here instead, a PyTorch
+copy of prospr_jax's `SmallConvNet` (their zoo has no such network). ProsPr is their `prospr.prune(..., return_scores=True)` with inner SGD
 lr 0.1, no momentum (the paper's) and `k + 1` distinct random batches. As published, full mode
 moves the network and data to the CPU; with `"published": false` their `prune` runs with
 `torch.nn.Module.cpu` made a no-op, so it stays on the GPU. The training step is their loop's
@@ -64,6 +65,33 @@ def load_reference(ref_dir: pathlib.Path) -> tuple[Any, Any, Callable[..., torch
   return prospr, prospr.utils, models.model_factory
 
 
+class SmallConvNet(torch.nn.Sequential):
+  """prospr_jax.models.SmallConvNet in PyTorch: 3x3 conv-BN-ReLU blocks (bias-free convs,
+  padding 1) 16, max-pool 2, 32, max-pool 2, 64, 64, global average pool, linear head."""
+
+  def __init__(self, in_channels: int, num_classes: int):
+    layers: list[torch.nn.Module] = []
+    for width in (16, "M", 32, "M", 64, 64):
+      if width == "M":
+        layers.append(torch.nn.MaxPool2d(2))
+        continue
+      layers += [torch.nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                 torch.nn.BatchNorm2d(width), torch.nn.ReLU()]
+      in_channels = width
+    super().__init__(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                     torch.nn.Linear(in_channels, num_classes))
+
+
+def make_model(job: dict[str, Any], model_factory: Callable[..., torch.nn.Module],
+               dev: torch.device) -> torch.nn.Module:
+  """The job's network on `dev`: `SmallConvNet` or their `model_factory`'s."""
+  if job["model"] == "small_convnet":
+    net = SmallConvNet(job["input_shape"][-1], job["num_classes"])
+  else:
+    net = model_factory(job["model"], DATASETS[job["num_classes"]], False)
+  return net.to(dev)
+
+
 def device() -> torch.device:
   """The first GPU, else the CPU."""
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,7 +118,7 @@ def kept_on_device(keep: bool) -> Iterator[None]:
 def prospr_call(job: dict[str, Any], ref: tuple, dev: torch.device) -> Callable[[], Any]:
   """A call of their `prune` on a fresh network for a `kind: prospr` job."""
   prospr, utils, model_factory = ref
-  net = model_factory(job["model"], DATASETS[job["num_classes"]], False).to(dev)
+  net = make_model(job, model_factory, dev)
   batches = random_batches(job, job["k"] + 1, dev)
   filter_fn = utils.pruning_filter_factory(job["num_classes"], False)
 
@@ -105,7 +133,7 @@ def prospr_call(job: dict[str, Any], ref: tuple, dev: torch.device) -> Callable[
 def train_step_call(job: dict[str, Any], ref: tuple, dev: torch.device) -> Callable[[], Any]:
   """One step of their training loop on a randomly masked network (`kind: train_step`)."""
   _, utils, model_factory = ref
-  net = model_factory(job["model"], DATASETS[job["num_classes"]], False).to(dev)
+  net = make_model(job, model_factory, dev)
   filter_fn = utils.pruning_filter_factory(job["num_classes"], False)
   keep_masks = [torch.rand_like(m.weight) >= SPARSITY
                 for m in filter(filter_fn, net.modules())]
@@ -187,7 +215,11 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--budget_s", type=float, default=float("inf"),
                       help="Start no job after this many seconds.")
+  parser.add_argument("--threads", type=int, default=None,
+                      help="torch.set_num_threads (CPU threads); default: torch's own.")
   args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
   start = time.perf_counter()
   jobs = json.loads(pathlib.Path(args.plan).read_text())
   ref, dev = load_reference(args.ref_dir), device()

@@ -13,6 +13,9 @@ Conventions shared by every convolutional model in `prospr_jax.models`:
   as the ProsPr authors' PyTorch code (`torch_init.py`).
 * Padding is explicit, `kernel_size // 2` on each side like PyTorch, so strided convolutions
   sample the same positions as the PyTorch models (Flax's 'SAME' pads asymmetrically).
+* Every conv computes with `prospr_jax.conv_ops.conv_general_dilated`: `lax`'s values, but
+  on XLA:CPU its derivatives of every order (ProsPr's backprop through backprop) stay standard
+  convolutions; on other backends it is `lax.conv_general_dilated` itself.
 * BatchNorm is `nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)`;
   its running statistics live in the `batch_stats` collection.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from prospr_jax import conv_ops
 
 Initializer = jax.nn.initializers.Initializer
 
@@ -43,6 +48,8 @@ def conv(
 ) -> nn.Conv:
   """Returns a square 2-D convolution with PyTorch-style symmetric padding `kernel_size // 2`.
 
+  Computed by `conv_ops.conv_general_dilated` (module docstring).
+
   For odd `kernel_size` it maps `[B, H, W, C]` to `[B, ceil(H / strides), ceil(W / strides), features]`.
   """
   pad = kernel_size // 2
@@ -53,6 +60,7 @@ def conv(
       padding=((pad, pad), (pad, pad)),
       use_bias=use_bias,
       kernel_init=kernel_init,
+      conv_general_dilated=conv_ops.conv_general_dilated,
       name=name,
   )
 
@@ -129,7 +137,8 @@ class LeNet5(nn.Module):
     """Returns logits `[batch, num_classes]`; `train` is unused (no BatchNorm/dropout)."""
     del train
     x = max_pool_2x2(nn.relu(conv(6, 5, use_bias=True, name="conv1")(x)))
-    x = nn.Conv(16, (5, 5), padding="VALID", kernel_init=CONV_INIT, name="conv2")(x)
+    x = nn.Conv(16, (5, 5), padding="VALID", kernel_init=CONV_INIT,
+                conv_general_dilated=conv_ops.conv_general_dilated, name="conv2")(x)
     x = max_pool_2x2(nn.relu(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, name="fc1")(x))

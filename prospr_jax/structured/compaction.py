@@ -33,13 +33,15 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from prospr_jax import conv_ops
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency.objective import PyTree
 from prospr_jax.structured.groups import group_roots
 from prospr_jax.structured.masks import channels_from_masks
 from prospr_jax.structured.models import NnxApply
 from prospr_jax.structured.prune import Model, TracedModel, trace_model
-from prospr_jax.structured.tracing import NESTED, ChannelTrace, Labels, Site, user_source_line
+from prospr_jax.structured.tracing import (
+    NESTED, ChannelTrace, Labels, Site, conv_layout, user_source_line)
 
 Kept = tuple[np.ndarray | None, ...]
 """Per axis: the remaining positions, or `None` if all remain."""
@@ -295,9 +297,9 @@ class CompactProgram:
 
 def _eqn_macs(eqn: jex.core.JaxprEqn) -> int:
   out = eqn.outvars[0].aval.shape
-  if eqn.primitive.name == "conv_general_dilated":
+  if eqn.primitive.name in ("conv_general_dilated", conv_ops.conv_p.name):
     kernel = eqn.invars[1].aval.shape
-    out_features = kernel[eqn.params["dimension_numbers"].rhs_spec[0]]
+    out_features = kernel[conv_layout(eqn)[0].rhs_spec[0]]
     return math.prod(out) * math.prod(kernel) // out_features
   if eqn.primitive.name == "dot_general":
     (lc, _), _ = eqn.params["dimension_numbers"]
@@ -307,7 +309,8 @@ def _eqn_macs(eqn: jex.core.JaxprEqn) -> int:
 
 
 def jaxpr_macs(jaxpr: jex.core.Jaxpr) -> int:
-  """Multiply-accumulates of every `conv_general_dilated` and `dot_general` (nested included)."""
+  """Multiply-accumulates of every convolution (`conv_general_dilated`, `conv_ops`'
+  `prospr_conv`) and `dot_general` (nested included)."""
   total = 0
   for eqn in jaxpr.eqns:
     total += _eqn_macs(eqn)

@@ -12,9 +12,9 @@ input is an *atom*; a union-find joins the atoms that must be removed together:
 * elementwise ops (`add` of a residual, `mul`, `max`, `select_n`, ...) join the labels of their
   operands position by position (a size-1 axis broadcasts and joins nothing); joining a labelled
   axis with a `None` axis pins the labelled atoms;
-* a contraction (`dot_general`, `conv_general_dilated`) joins the contracted axes position by
-  position and gives its output the labels of the free axes: the output features of a dense or
-  conv layer carry the atoms of its kernel's output axis. A depthwise conv
+* a contraction (`dot_general`, `conv_general_dilated`, `conv_ops`' `prospr_conv`) joins the
+  contracted axes position by position and gives its output the labels of the free axes: the
+  output features of a dense or conv layer carry the atoms of its kernel's output axis. A depthwise conv
   (`feature_group_count` = input channels) joins each output channel with its input channel;
   other grouped convs pin their channels;
 * `reshape` merging axes of which one is labelled (a flatten: one channel owns several rows),
@@ -43,6 +43,9 @@ import jax
 import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+from prospr_jax import conv_ops
 
 PyTree = Any
 Labels = tuple[np.ndarray | None, ...]
@@ -202,7 +205,7 @@ class ChannelTrace:
 
 _LIBRARY_DIRS = tuple(
     os.path.dirname(m.__file__) + os.sep for m in (jax, np) if m.__file__
-) + (os.path.dirname(__file__) + os.sep,)
+) + (os.path.dirname(__file__) + os.sep, conv_ops.__file__)
 _LIBRARY_PACKAGES = (f"{os.sep}flax{os.sep}", f"{os.sep}jaxlib{os.sep}", f"{os.sep}optax{os.sep}")
 
 
@@ -528,16 +531,24 @@ def _dot_general(t: _Tracer, eqn: jex.core.JaxprEqn, ins: list[Value]) -> list[V
                 lhs.zero and rhs.zero, depth=depth)]
 
 
+def conv_layout(eqn: jex.core.JaxprEqn) -> tuple[lax.ConvDimensionNumbers, int, int]:
+  """`(dimension_numbers, feature_group_count, batch_group_count)` of a convolution equation:
+  a `conv_general_dilated`, or `conv_ops`' `prospr_conv` (channels-last, ungrouped)."""
+  if eqn.primitive is conv_ops.conv_p:
+    return conv_ops.channels_last(eqn.invars[0].aval.ndim - 2), 1, 1
+  params = eqn.params
+  return params["dimension_numbers"], params["feature_group_count"], params["batch_group_count"]
+
+
 def _conv(t: _Tracer, eqn: jex.core.JaxprEqn, ins: list[Value]) -> list[Value]:
   lhs, rhs = ins
-  dn = eqn.params["dimension_numbers"]
+  dn, groups, batch_groups = conv_layout(eqn)
   (lb, lf, *lsp), (ro, ri, *rsp), (ob, of, *_) = dn.lhs_spec, dn.rhs_spec, dn.out_spec
   if not lhs.dependent or rhs.dependent:
     raise t.unsupported("only a convolution of an activation (lhs) with a kernel computed from "
                         "params, state or constants (rhs) is followed")
   for labels in [lhs.labels[a] for a in lsp] + [rhs.labels[a] for a in rsp]:
     t.pin(labels)  # windows mix the spatial positions
-  groups, batch_groups = eqn.params["feature_group_count"], eqn.params["batch_group_count"]
   channels = lhs.shape[lf]
   depth = max(lhs.depth, rhs.depth) + 1
   out = rhs.labels[ro]
@@ -807,6 +818,7 @@ RULES: dict[str, Rule] = {
     **{n: _cumulative for n in _CUMULATIVE},
     "dot_general": _dot_general,
     "conv_general_dilated": _conv,
+    conv_ops.conv_p.name: _conv,
     "transpose": _transpose,
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
