@@ -61,15 +61,16 @@ from prospr_jax.saliency import prospr_scores, snip_scores
 PyTree = Any
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "cifar10_resnet20": {"model_name": "resnet20", "input_shape": (32, 32, 3), "num_classes": 10},
-    "cifar10_vgg16": {"model_name": "vgg16", "input_shape": (32, 32, 3), "num_classes": 10},
-    "tinyimagenet_resnet18": {"model_name": "resnet18", "input_shape": (64, 64, 3),
+    "cifar10_resnet20": {"model_name": "resnet20_prospr", "input_shape": (32, 32, 3),
+                         "num_classes": 10},
+    "cifar10_vgg16": {"model_name": "vgg16_prospr", "input_shape": (32, 32, 3), "num_classes": 10},
+    "tinyimagenet_resnet18": {"model_name": "resnet18_prospr", "input_shape": (64, 64, 3),
                               "num_classes": 200},
     "fashion_mnist_small_convnet": {"model_name": "small_convnet", "input_shape": (28, 28, 1),
                                     "num_classes": 10},
 }
-"""The paper's settings (named like their configs/) and the project's default CPU setting:
-`run_benchmark` keyword arguments."""
+"""The paper's settings (named like their configs/, on the authors' networks) and the project's
+default CPU setting: `run_benchmark` keyword arguments."""
 
 _PRESET = flags.DEFINE_multi_enum(
     "preset", [], list(PRESETS),

@@ -10,14 +10,15 @@ experiments/gpu_benchmark.py writes the plan and runs this; it needs no JAX.
 
 The plan is a JSON list of jobs, run in order:
 
-  {"model": "resnet20", "num_classes": 10, "input_shape": [32, 32, 3], "batch_size": 128,
+  {"model": "resnet20_prospr", "num_classes": 10, "input_shape": [32, 32, 3], "batch_size": 128,
    "kind": "train_step"}                      # one masked training step (their training loop)
   {..., "kind": "prospr", "method": "full" | "first_order", "k": 3, "published": true}
 
-A model is their `model_factory(model, dataset)` with the dataset named by `num_classes`, on
-the GPU if there is one; `"model": "small_convnet"` is `SmallConvNet` here instead, a PyTorch
-copy of prospr_jax's `SmallConvNet` (their zoo has no such network). ProsPr is their `prospr.prune(..., return_scores=True)` with inner SGD
-lr 0.1, no momentum (the paper's) and `k + 1` distinct random batches. As published, full mode
+"model" is a prospr_jax model name: the authors' networks (`resnet20_prospr`, `vgg16_prospr`,
+`resnet18_prospr`) are their `model_factory(name, dataset)` (`resnet20`, `vgg16`, `resnet18`)
+with the dataset named by `num_classes`; `small_convnet` is `SmallConvNet` here, a PyTorch copy
+of prospr_jax's (their zoo has no such network). Models run on the GPU if there is one. ProsPr
+is their `prospr.prune(..., return_scores=True)` with inner SGD lr 0.1, no momentum (the paper's) and `k + 1` distinct random batches. As published, full mode
 moves the network and data to the CPU; with `"published": false` their `prune` runs with
 `torch.nn.Module.cpu` made a no-op, so it stays on the GPU. The training step is their loop's
 body (SGD lr 0.1, momentum 0.9, weight decay 5e-4) on the network masked by their
@@ -82,13 +83,21 @@ class SmallConvNet(torch.nn.Sequential):
                      torch.nn.Linear(in_channels, num_classes))
 
 
+AUTHORS_MODELS = {"resnet20_prospr": "resnet20", "vgg16_prospr": "vgg16",
+                  "resnet18_prospr": "resnet18"}
+"""prospr_jax's names of the authors' networks -> the names of their `model_factory`."""
+
+
 def make_model(job: dict[str, Any], model_factory: Callable[..., torch.nn.Module],
                dev: torch.device) -> torch.nn.Module:
-  """The job's network on `dev`: `SmallConvNet` or their `model_factory`'s."""
+  """The job's network (a prospr_jax model name) on `dev`: `SmallConvNet` or the authors'."""
   if job["model"] == "small_convnet":
     net = SmallConvNet(job["input_shape"][-1], job["num_classes"])
+  elif job["model"] in AUTHORS_MODELS:
+    net = model_factory(AUTHORS_MODELS[job["model"]], DATASETS[job["num_classes"]], False)
   else:
-    net = model_factory(job["model"], DATASETS[job["num_classes"]], False)
+    raise ValueError(f"No reference network for model {job['model']!r}: the authors' code has "
+                     f"{sorted(AUTHORS_MODELS)} (prospr_jax names) and small_convnet is copied.")
   return net.to(dev)
 
 

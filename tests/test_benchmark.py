@@ -103,3 +103,36 @@ def test_preset_refuses_the_flags_it_sets():
   result = _python("experiments/benchmark.py", "--preset=cifar10_vgg16", "--model=resnet20")
   assert result.returncode != 0
   assert "--preset sets --model" in result.stderr
+
+
+def test_reference_comparison_pairs_the_same_setting_and_adds_its_targets(results, benchmark):
+  cfg = results["config"]
+  k = cfg["reference_k"]
+  setting = {"model": cfg["model"], "batch_size": cfg["batch_size"],
+             "input_shape": cfg["input_shape"], "num_classes": cfg["num_classes"]}
+  records = [
+      {"kind": "environment", "torch": "2.13.0", "cpu_threads": 2, "gpu": None},
+      # Another batch size: must not be picked.
+      setting | {"batch_size": cfg["batch_size"] + 1, "kind": "train_step", "run_ms": 1e-3},
+      setting | {"kind": "train_step", "run_ms": 2.0},
+      setting | {"kind": "prospr", "method": "full", "k": k, "run_ms": 20.0},
+      # No first-order record: its row has no reference.
+  ]
+  comparison = benchmark.reference_comparison(results, records)
+  rows = {row["key"]: row for row in comparison["rows"]}
+  times = results["times"]
+  assert rows["train_step"]["reference_ms"] == 2.0
+  assert rows["train_step"]["jax_over_reference"] == times["train_step_masked"]["run_ms"] / 2.0
+  assert rows["full"]["jax_over_reference"] == times[f"prospr_k{k}"]["run_ms"] / 20.0
+  assert rows["first_order"]["reference_ms"] is None
+  assert rows["first_order"]["jax_over_reference"] is None
+  assert comparison["steps_per_full"]["reference"] == 10.0
+  assert comparison["environment"]["torch"] == "2.13.0"
+
+  with_reference = results | {"reference": comparison}
+  added = benchmark.targets(with_reference)[len(benchmark.targets(results)):]
+  assert [(t["limit"], t["value"]) for t in added] == [
+      (benchmark.OVER_REFERENCE_MAX["train_step"], rows["train_step"]["jax_over_reference"]),
+      (benchmark.OVER_REFERENCE_MAX["full"], rows["full"]["jax_over_reference"])]
+  report = benchmark.format_report(with_reference)
+  assert "side by side with the reference" in report and "torch 2.13.0" in report

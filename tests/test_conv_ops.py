@@ -39,11 +39,11 @@ def _value_and_derivatives(f, x, w):
           jax.jvp(grad, (x, w), (0.3 * x, 0.7 * w))[1])
 
 
-def _assert_same(transform, geometry):
+def _assert_same(transform, geometry, batch=2):
   """`transform(f, x, w)` agrees for `lax.conv_general_dilated` and `conv_ops` (float64)."""
   size, k, stride, padding = geometry
   kx, kw = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (2, size, size + 1, 2), jnp.float64)
+  x = jax.random.normal(kx, (batch, size, size + 1, 2), jnp.float64)
   w = jax.random.normal(kw, (k, k, 2, 3), jnp.float64)
   ref = functools.partial(_loss, lax.conv_general_dilated, stride, padding)
   ours = functools.partial(_loss, conv_ops.conv_general_dilated, stride, padding)
@@ -66,6 +66,12 @@ def test_values_and_first_and_second_derivatives_match_lax(x64, geometry):
 ], ids=["hessian", "third order", "vmap of grad"])
 def test_hessian_third_order_and_vmap_match_lax(x64, transform):
   _assert_same(transform, GEOMETRIES[1])
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=str)
+def test_weight_gradient_summed_over_uneven_batch_chunks_matches_lax(x64, geometry):
+  # 2 full chunks and a partial one: the sum over chunks is the whole batch's reduction.
+  _assert_same(_value_and_derivatives, geometry, batch=2 * conv_ops.WEIGHT_GRAD_CHUNK + 3)
 
 
 def test_every_derivative_order_uses_only_the_three_primitives():

@@ -46,7 +46,7 @@ def test_reference_plan_runs_the_published_cpu_job_first_then_every_setting(gpu_
               for name in ("cifar10_resnet20", "cifar10_vgg16")}
   jobs = gpu_benchmark.reference_plan(settings, (128, 256), (1, 3, 10),
                                       ("cifar10_resnet20", 128, 3))
-  assert jobs[0] == {"preset": "cifar10_resnet20", "model": "resnet20", "num_classes": 10,
+  assert jobs[0] == {"preset": "cifar10_resnet20", "model": "resnet20_prospr", "num_classes": 10,
                      "input_shape": [32, 32, 3], "batch_size": 128, "kind": "prospr",
                      "method": "full", "k": 3, "published": True}
   assert len(jobs) == 1 + 2 * 2 * (1 + 3 + 1)
