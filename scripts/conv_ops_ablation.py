@@ -1,7 +1,7 @@
 r"""Ablation of `prospr_jax.conv_ops` on one zoo setting, all variants side by side in one process.
 
   PYTHONPATH=. .venv/bin/python scripts/conv_ops_ablation.py --model=resnet20_prospr \
-      --input_shape=32,32,3 --variants=lax,unchunked,chunked
+      --input_shape=32,32,3 --variants=lax,unchunked,chunked --memory_k=0
 
 Variants (selected at trace time, each compiled from a fresh trace):
   lax        every conv is `lax.conv_general_dilated` (the library before `conv_ops`);
@@ -12,7 +12,8 @@ Variants (selected at trace time, each compiled from a fresh trace):
 For the masked training step, full ProsPr and first-order ProsPr at --k (experiments/benchmark.py's
 functions and random batches) it prints the compile time, each variant's largest score
 difference from the first variant's (per leaf, relative to that leaf's largest score), and the
-median run time of interleaved repetitions with full ProsPr / training step.
+median run time of interleaved repetitions with full ProsPr / training step, the compile times,
+and the compiled peak memory of remat ProsPr at k = 1 and --memory_k.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from prospr_jax import conv_ops  # noqa: E402  pylint: disable=g-import-not-at-top
 
-_MODEL = flags.DEFINE_string("model", "small_convnet", "A zoo model name.")
-_INPUT_SHAPE = flags.DEFINE_list("input_shape", ["28", "28", "1"], "Input shape H,W,C.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
+FLAGS = flags.FLAGS  # --model, --input_shape, --batch_size and --repeats are benchmark.py's
 _K = flags.DEFINE_integer("k", 3, "Inner steps of ProsPr.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (after one warm-up).")
 _VARIANTS = flags.DEFINE_list("variants", ["lax", "unchunked", "chunked"], "Variants, in order.")
+_MEMORY_K = flags.DEFINE_integer(
+    "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
+                    "ratio (0: skip).")
 
 _SHIPPED = (conv_ops.conv_general_dilated, conv_ops.WEIGHT_GRAD_CHUNK)
 
@@ -61,33 +62,47 @@ def largest_relative_difference(a: Sequence[jax.Array], b: Sequence[jax.Array]) 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  k, variants = _K.value, _VARIANTS.value
+  k, variants, batch_size = _K.value, _VARIANTS.value, FLAGS.batch_size
   names = ["train_step_masked", f"prospr_k{k}", f"prospr_first_order_k{k}"]
-  setup = benchmark.make_setup(_MODEL.value, _BATCH_SIZE.value,
-                               tuple(int(s) for s in _INPUT_SHAPE.value), 10, num_batches=k + 1)
-  compiled = {}
+  setup = benchmark.make_setup(FLAGS.model, batch_size, tuple(int(s) for s in FLAGS.input_shape),
+                               10, num_batches=max(k, _MEMORY_K.value) + 1)
+  compiled, compile_s, memory = {}, {}, {}
   for variant in variants:
     jax.clear_caches()  # the library's jits are module-level: never reuse another variant's trace
-    use_variant(variant, _BATCH_SIZE.value)
+    use_variant(variant, batch_size)
     cases = benchmark.timing_cases(setup, [k])
     for name in names:
       fn, args = cases[name]
-      compiled[(name, variant)] = (benchmark.compile_fn(fn, *args)[0], args)
-      print(f"compiled {name} ({variant})", flush=True)
-  use_variant("chunked", _BATCH_SIZE.value)
+      executable, compile_s[(name, variant)] = benchmark.compile_fn(fn, *args)
+      compiled[(name, variant)] = (executable, args)
+      print(f"compiled {name} ({variant}) in {compile_s[(name, variant)]:.1f} s", flush=True)
+    if _MEMORY_K.value:
+      peaks = [benchmark.memory_stats(benchmark.compile_fn(
+          benchmark.prospr_fn(setup, m, remat=True), *benchmark.prospr_args(setup, m))[0])["peak"]
+               for m in (1, _MEMORY_K.value)]
+      memory[variant] = (peaks[0] / 2**20, peaks[1] / 2**20)
+  use_variant("chunked", batch_size)
   for name in names[1:]:
     first = jax.tree.leaves(compiled[(name, variants[0])][0](*compiled[(name, variants[0])][1]))
     for variant in variants[1:]:
       got = jax.tree.leaves(compiled[(name, variant)][0](*compiled[(name, variant)][1]))
       print(f"{name}: {variant} vs {variants[0]}: largest |difference| / largest |score| of a "
             f"leaf = {largest_relative_difference(first, got):.2e}")
-  run = benchmark.interleaved_run_ms(compiled, _REPEATS.value)
-  print(f"\n{_MODEL.value}, batch {_BATCH_SIZE.value}, median of {_REPEATS.value} (ms)")
-  print(f"{'':26s}" + "".join(f"{v:>12s}" for v in variants))
+  run = benchmark.interleaved_run_ms(compiled, FLAGS.repeats)
+  print(f"\n{FLAGS.model}, batch {batch_size}, run: median of {FLAGS.repeats} (ms); compile (s)")
+  print(f"{'':30s}" + "".join(f"{v:>12s}" for v in variants))
   for name in names:
-    print(f"{name:26s}" + "".join(f"{run[(name, v)]:12.1f}" for v in variants))
-  print(f"{'full ProsPr / train step':26s}"
+    print(f"{name:30s}" + "".join(f"{run[(name, v)]:12.1f}" for v in variants))
+  print(f"{'full ProsPr / train step':30s}"
         + "".join(f"{run[(names[1], v)] / run[(names[0], v)]:12.2f}" for v in variants))
+  for name in names:
+    print(f"{'compile ' + name:30s}" + "".join(f"{compile_s[(name, v)]:12.1f}" for v in variants))
+  if memory:
+    m = _MEMORY_K.value
+    print(f"{f'remat peak MiB k=1 / k={m}':30s}"
+          + "".join(f"{f'{memory[v][0]:.0f}/{memory[v][1]:.0f}':>12s}" for v in variants))
+    print(f"{f'remat peak k={m} / k=1':30s}"
+          + "".join(f"{memory[v][1] / memory[v][0]:12.2f}" for v in variants))
 
 
 if __name__ == "__main__":
