@@ -22,11 +22,11 @@ with `x: [B, *S, C]`, `w: [*K, C, O]`, `y, dy: [B, *S', O]`, all sharing one for
 <conv_lhs_t(y, w), x> = <conv_rhs_t(x, y), w>`), so gradients, Hessian-vector products and
 gradients of gradients of any order are made of these three ops only, and each op is lowered
 as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel) plus explicit
-transposes and a kernel flip: the form XLA:CPU runs with its libraries (the weight gradient
-as a sum over chunks of 8 samples, which XLA:CPU runs far faster than one long reduction). The
-values are those of `lax`, the same sums in another order (float32 rounding differences only;
-the float64 tests compare to 1e-12). Forward mode (`jvp`, `jax.hessian`) works too: the
-primitives are bilinear.
+transposes and a kernel flip: the form XLA:CPU runs with its libraries. The values are those
+of `lax`: first derivatives compile to the same convolutions (bitwise the same results), higher
+ones to the same sums in another order (full ProsPr scores within 1e-7 of their largest value
+in float32, measured; the float64 tests compare to 1e-12). Forward mode (`jvp`,
+`jax.hessian`) works too: the primitives are bilinear.
 
 Use it as `nn.Conv(..., conv_general_dilated=prospr_jax.conv_ops.conv_general_dilated)`; the
 zoo models in `prospr_jax.models` all do. It uses the primitives only for what they cover
@@ -114,19 +114,23 @@ def _lhs_transpose(dy: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array
       dimension_numbers=geometry.dimension_numbers(), precision=geometry.precision)
 
 
-WEIGHT_GRAD_CHUNK = 8
-"""Samples per chunk of the weight gradient's reduction over the batch (`_rhs_transpose`)."""
+WEIGHT_GRAD_CHUNK: int | None = None
+"""If set, samples per chunk of the weight gradient's reduction over the batch
+(`_rhs_transpose`); None (the default): one reduction over the whole batch.
+
+Chunks of 8 make a SmallConvNet training step 1.27x faster on XLA:CPU, but change float32
+ProsPr scores by up to 4e-6 of their largest value, make compiling 1.3-1.8x slower and break
+remat's memory bound (k = 30 / k = 1: 4.12 instead of 1.53); `scripts/conv_ops_ablation.py`
+measures all of it. So they are off by default."""
 
 
 def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
   """`dw = conv_rhs_t(x, dy)`: `[B, *S, C], [B, *S', O] -> [*K, C, O]`.
 
-  The sum over chunks of `WEIGHT_GRAD_CHUNK` samples of `_rhs_transpose_chunk`: one conv
-  reducing over the whole batch (a GEMM with a very long reduction, `B * prod(S')`) runs
-  several times slower on XLA:CPU than these shorter ones (measured at ResNet-20's first stage,
-  batch 128: 11x faster chunked; `scripts/conv_ops_ablation.py`).
+  `_rhs_transpose_chunk` over the whole batch, or summed over chunks of `WEIGHT_GRAD_CHUNK`
+  samples when that is set.
   """
-  chunk = WEIGHT_GRAD_CHUNK
+  chunk = WEIGHT_GRAD_CHUNK or x.shape[0]
   parts = [_rhs_transpose_chunk(x[i:i + chunk], dy[i:i + chunk], geometry)
            for i in range(0, x.shape[0], chunk)]
   out = parts[0]

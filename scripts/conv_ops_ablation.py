@@ -5,9 +5,10 @@ r"""Ablation of `prospr_jax.conv_ops` on one zoo setting, all variants side by s
 
 Variants (selected at trace time, each compiled from a fresh trace):
   lax        every conv is `lax.conv_general_dilated` (the library before `conv_ops`);
-  unchunked  `conv_ops`' primitives, the weight gradient as one conv over the whole batch;
-  chunked    `conv_ops` as shipped: the weight gradient summed over chunks of
-             `conv_ops.WEIGHT_GRAD_CHUNK` samples.
+  unchunked  `conv_ops` as shipped: its primitives, the weight gradient as one conv over the
+             whole batch;
+  chunked    the weight gradient summed over chunks of --chunk samples
+             (`conv_ops.WEIGHT_GRAD_CHUNK`, off by default).
 
 For the masked training step, full ProsPr and first-order ProsPr at --k (experiments/benchmark.py's
 functions and random batches) it prints the compile time, each variant's largest score
@@ -36,6 +37,7 @@ from prospr_jax import conv_ops  # noqa: E402  pylint: disable=g-import-not-at-t
 FLAGS = flags.FLAGS  # --model, --input_shape, --batch_size and --repeats are benchmark.py's
 _K = flags.DEFINE_integer("k", 3, "Inner steps of ProsPr.")
 _VARIANTS = flags.DEFINE_list("variants", ["lax", "unchunked", "chunked"], "Variants, in order.")
+_CHUNK = flags.DEFINE_integer("chunk", 8, "Samples per weight-gradient chunk of 'chunked'.")
 _MEMORY_K = flags.DEFINE_integer(
     "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
                     "ratio (0: skip).")
@@ -43,14 +45,14 @@ _MEMORY_K = flags.DEFINE_integer(
 _SHIPPED = (conv_ops.conv_general_dilated, conv_ops.WEIGHT_GRAD_CHUNK)
 
 
-def use_variant(name: str, batch_size: int) -> None:
+def use_variant(name: str) -> None:
   """Points `conv_ops` (read by the zoo's convs at trace time) at the variant `name`."""
   conv_ops.conv_general_dilated, conv_ops.WEIGHT_GRAD_CHUNK = _SHIPPED
   if name == "lax":
     conv_ops.conv_general_dilated = lax.conv_general_dilated
-  elif name == "unchunked":
-    conv_ops.WEIGHT_GRAD_CHUNK = batch_size
-  elif name != "chunked":
+  elif name == "chunked":
+    conv_ops.WEIGHT_GRAD_CHUNK = _CHUNK.value
+  elif name != "unchunked":
     raise app.UsageError(f"Unknown variant {name!r}.")
 
 
@@ -69,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
   compiled, compile_s, memory = {}, {}, {}
   for variant in variants:
     jax.clear_caches()  # the library's jits are module-level: never reuse another variant's trace
-    use_variant(variant, batch_size)
+    use_variant(variant)
     cases = benchmark.timing_cases(setup, [k])
     for name in names:
       fn, args = cases[name]
@@ -81,7 +83,7 @@ def main(argv: Sequence[str]) -> None:
           benchmark.prospr_fn(setup, m, remat=True), *benchmark.prospr_args(setup, m))[0])["peak"]
                for m in (1, _MEMORY_K.value)]
       memory[variant] = (peaks[0] / 2**20, peaks[1] / 2**20)
-  use_variant("chunked", batch_size)
+  use_variant("unchunked")
   for name in names[1:]:
     first = jax.tree.leaves(compiled[(name, variants[0])][0](*compiled[(name, variants[0])][1]))
     for variant in variants[1:]:
