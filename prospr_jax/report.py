@@ -400,20 +400,43 @@ def prune_time_table(records: Sequence[Record]) -> str:
   return _markdown_table(title, ["method", "median", "min", "max", "runs"], rows)
 
 
+def _sanity_arms(records: Sequence[Record]) -> tuple[dict[str, list[str]], list[float]]:
+  """`({base method: its sanity-check arms}, the sparsities those arms ran at)`."""
+  sanity_arms = sorted({r["method"] for r in records if is_sanity_arm(r["method"])})
+  bases: dict[str, list[str]] = defaultdict(list)
+  for arm in sanity_arms:
+    bases[parse_arm(arm)[0]].append(arm)
+  sparsities = sorted({float(r["sparsity"]) for r in records if r["method"] in sanity_arms})
+  return dict(bases), sparsities
+
+
 def sanity_table(records: Sequence[Record], metric: str = "final_test_top1") -> str:
   """Markdown table: each method with sanity-check arms beside its own, per sparsity."""
-  sanity_arms = sorted({r["method"] for r in records if is_sanity_arm(r["method"])})
-  bases = [m for m in dict.fromkeys(parse_arm(a)[0] for a in sanity_arms)]
-  sparsities = sorted({float(r["sparsity"]) for r in records if r["method"] in sanity_arms})
+  bases, sparsities = _sanity_arms(records)
   stats = group_stats(records, metric)
   seeds = len({r["seed"] for r in records})
   rows = [[arm] + [format_cell(stats.get((arm, s)), seeds) for s in sparsities]
-          for base in bases for arm in [base] + [a for a in sanity_arms
-                                                 if parse_arm(a)[0] == base]]
+          for base, arms in bases.items() for arm in [base, *arms]]
   title = ("Sanity checks (Frankle et al. 2021), final test top-1 (%): +shuffle permutes the "
            "kept positions within each layer, +reinit trains the mask from a new "
            "initialization, +invert keeps each layer's lowest-scored weights.")
   return _markdown_table(title, ["arm"] + [sparsity_label(s) for s in sparsities], rows)
+
+
+def sanity_differences_table(records: Sequence[Record]) -> str:
+  """Markdown table: each method minus each of its sanity-check arms, final test top-1 in
+  points, paired by seed with a Student-t interval, per sparsity."""
+  bases, sparsities = _sanity_arms(records)
+  rows = []
+  for base, arms in bases.items():
+    diffs = paired_differences(records, reference=base)
+    rows += [[f"{base} − {arm}"] + [format_interval(diffs.get((arm, s))) for s in sparsities]
+             for arm in arms]
+  title = (f"Each method minus its sanity-check arms, final test top-1 in points: mean over "
+           f"seeds paired by seed [{CONFIDENCE:.0%} Student-t interval]; an interval above 0 "
+           f"means the check hurts, i.e. the method's mask carries information that the check "
+           f"destroys.")
+  return _markdown_table(title, ["difference"] + [sparsity_label(s) for s in sparsities], rows)
 
 
 def write_report(records: Sequence[Record], output_dir: str,
@@ -424,7 +447,8 @@ def write_report(records: Sequence[Record], output_dir: str,
 
   The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
   and, where the records have them, the paired differences against ProsPr, the effective
-  density, the dense convergence check, the sanity checks and the mask-finding times. The
+  density, the dense convergence check, the sanity checks (and each method minus its sanity
+  arms, paired by seed) and the mask-finding times. The
   density plot is left out (with no error) when no record has per-layer densities. Refuses
   records from several commits unless `allow_mixed_commits` (see `check_provenance`).
   Returns the paths written.
@@ -443,7 +467,7 @@ def write_report(records: Sequence[Record], output_dir: str,
   if len({r["method"] for r in main if float(r["sparsity"]) == 0.0}) > 1:
     sections.append(convergence_table(main))
   if any(is_sanity_arm(r["method"]) for r in records):
-    sections.append(sanity_table(records))
+    sections += [sanity_table(records), sanity_differences_table(records)]
   if any(r.get("prune_seconds") is not None for r in main):
     sections.append(prune_time_table(main))
   with open(paths[0], "w") as f:

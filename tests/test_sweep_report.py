@@ -322,4 +322,5 @@ def test_report_sections_for_a_study(tmp_path):
   assert "| prospr | 1.50 / 25% / 1 disc. |" in text
   assert "| dense+x2 | 90.20 | 90.30 | 90.25 ± 0.07 |" in text
   assert "| prospr+shuffle | 80.00 ± 0.00 |" in text
+  assert "| prospr − prospr+shuffle | +5.00 [+5.00, +5.00] |" in text
   assert "| prospr | 2.5 | 2.0 | 3.0 | 2 |" in text
