@@ -8,8 +8,8 @@ swaps its operands (sound: it keeps the FLOPs of a 3x3 conv) into a form with a 
 and feature/batch-swapped dimensions (`rhs_reversal=1x1`, `dim_labels=01fb_o01i->f01b`) that
 XLA:CPU cannot hand to its convolution libraries (YNNPACK, Eigen), so it runs as a naive loop
 nest: 18-38x the time of the forward conv, where the same math written as an ordinary
-transposed conv costs about 1x. At ResNet-20, batch 128, k = 3 those loops were half of the
-meta-gradient's time (docs/results.md has the profile).
+transposed conv costs about 1x. At ResNet-20, batch 128, k = 3 those loops were 38-43% of the
+meta-gradient's time (docs/results.md, section 2).
 
 What: three bilinear primitives that are closed under transposition,
 
@@ -119,7 +119,7 @@ WEIGHT_GRAD_CHUNK: int | None = None
 (`_rhs_transpose`); None (the default): one reduction over the whole batch.
 
 Chunks of 8 make a SmallConvNet training step 1.27x faster on XLA:CPU, but change float32
-ProsPr scores by up to 4e-6 of their largest value, make compiling 1.3-1.8x slower and break
+ProsPr scores by up to 4e-6 of their largest value, make compiling 1.3-4x slower and break
 remat's memory bound (k = 30 / k = 1: 4.12 instead of 1.53); `scripts/conv_ops_ablation.py`
 measures all of it. So they are off by default."""
 

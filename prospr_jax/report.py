@@ -448,10 +448,9 @@ def write_report(records: Sequence[Record], output_dir: str,
   The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
   and, where the records have them, the paired differences against ProsPr, the effective
   density, the dense convergence check, the sanity checks (and each method minus its sanity
-  arms, paired by seed) and the mask-finding times. The
-  density plot is left out (with no error) when no record has per-layer densities. Refuses
-  records from several commits unless `allow_mixed_commits` (see `check_provenance`).
-  Returns the paths written.
+  arms, paired by seed) and the mask-finding times. The density plot is left out (with no
+  error) when no record has per-layer densities. Refuses records from several commits unless
+  `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
   commits = check_provenance(records, allow_mixed_commits)
   main = [r for r in records if not is_sanity_arm(r["method"])]

@@ -11,10 +11,10 @@ Variants (selected at trace time, each compiled from a fresh trace):
              (`conv_ops.WEIGHT_GRAD_CHUNK`, off by default).
 
 For the masked training step, full ProsPr and first-order ProsPr at --k (experiments/benchmark.py's
-functions and random batches) it prints the compile time, each variant's largest score
-difference from the first variant's (per leaf, relative to that leaf's largest score), and the
-median run time of interleaved repetitions with full ProsPr / training step, the compile times,
-and the compiled peak memory of remat ProsPr at k = 1 and --memory_k.
+functions and random batches) it prints each variant's largest score difference from the first
+variant's (per leaf, relative to that leaf's largest score), the median run time of interleaved
+repetitions with full ProsPr / training step, the compile times, and the compiled peak memory of
+remat ProsPr at k = 1 and --memory_k.
 """
 
 from __future__ import annotations

@@ -18,15 +18,15 @@ The plan is a JSON list of jobs, run in order:
 `resnet18_prospr`) are their `model_factory(name, dataset)` (`resnet20`, `vgg16`, `resnet18`)
 with the dataset named by `num_classes`; `small_convnet` is `SmallConvNet` here, a PyTorch copy
 of prospr_jax's (their zoo has no such network). Models run on the GPU if there is one. ProsPr
-is their `prospr.prune(..., return_scores=True)` with inner SGD lr 0.1, no momentum (the paper's) and `k + 1` distinct random batches. As published, full mode
-moves the network and data to the CPU; with `"published": false` their `prune` runs with
-`torch.nn.Module.cpu` made a no-op, so it stays on the GPU. The training step is their loop's
-body (SGD lr 0.1, momentum 0.9, weight decay 5e-4) on the network masked by their
-`apply_masks_with_hooks` (90% of the weights pruned at random). Each job runs once as a
-warm-up, then --repeats times; its median wall time (after `torch.cuda.synchronize`) is
-written as one JSON line appended to --output as soon as it is measured, so a run stopped by a
-time limit keeps what it measured. Jobs that would start after --budget_s are written as
-skipped.
+is their `prospr.prune(..., return_scores=True)` with inner SGD lr 0.1, no momentum (the
+paper's) and `k + 1` distinct random batches. As published, full mode moves the network and
+data to the CPU; with `"published": false` their `prune` runs with `torch.nn.Module.cpu` made a
+no-op, so it stays on the GPU. The training step is their loop's body (SGD lr 0.1, momentum
+0.9, weight decay 5e-4) on the network masked by their `apply_masks_with_hooks` (90% of the
+weights pruned at random). Each job runs once as a warm-up, then --repeats times; its median
+wall time (after `torch.cuda.synchronize`) is written as one JSON line appended to --output as
+soon as it is measured, so a run stopped by a time limit keeps what it measured. Jobs that
+would start after --budget_s are written as skipped.
 """
 
 from __future__ import annotations

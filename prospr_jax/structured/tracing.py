@@ -14,9 +14,9 @@ input is an *atom*; a union-find joins the atoms that must be removed together:
   axis with a `None` axis pins the labelled atoms;
 * a contraction (`dot_general`, `conv_general_dilated`, `conv_ops`' `prospr_conv`) joins the
   contracted axes position by position and gives its output the labels of the free axes: the
-  output features of a dense or conv layer carry the atoms of its kernel's output axis. A depthwise conv
-  (`feature_group_count` = input channels) joins each output channel with its input channel;
-  other grouped convs pin their channels;
+  output features of a dense or conv layer carry the atoms of its kernel's output axis. A
+  depthwise conv (`feature_group_count` = input channels) joins each output channel with its
+  input channel; other grouped convs pin their channels;
 * `reshape` merging axes of which one is labelled (a flatten: one channel owns several rows),
   `transpose`, `concatenate` (offsets), `slice`, `pad` (padded positions are new atoms),
   `broadcast_in_dim` (new positions are new atoms), `split`, `rev` move labels; reductions,
