@@ -7,8 +7,9 @@ gradient with respect to the input. That conv has a 3x3 "input" and a full-size 
 swaps its operands (sound: it keeps the FLOPs of a 3x3 conv) into a form with a reversed window
 and feature/batch-swapped dimensions (`rhs_reversal=1x1`, `dim_labels=01fb_o01i->f01b`) that
 XLA:CPU cannot hand to its convolution libraries (YNNPACK, Eigen), so it runs as a naive loop
-nest, where the same math written as an ordinary transposed conv takes the fast path. At ResNet-20, batch 128, k = 3 those loops were 38-43% of the
-meta-gradient's time (docs/results.md, section 2).
+nest, where the same math written as an ordinary transposed conv takes the fast path. At
+ResNet-20, batch 128, k = 3 those loops were 38-43% of the meta-gradient's time
+(docs/profile_resnet20_cpu.txt).
 
 What: three bilinear primitives that are closed under transposition,
 
