@@ -20,13 +20,14 @@ What: three bilinear primitives that are closed under transposition,
 with `x: [B, *S, C]`, `w: [*K, C, O]`, `y, dy: [B, *S', O]`, all sharing one forward geometry
 (strides, padding, `S`, `K`). Each transposes into the other two (for `<y, conv(x, w)> =
 <conv_lhs_t(y, w), x> = <conv_rhs_t(x, y), w>`), so gradients, Hessian-vector products and
-gradients of gradients of any order are made of these three ops only, and each op is lowered
-as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel) plus explicit
-transposes and a kernel flip: the form XLA:CPU runs with its libraries. The values are those
-of `lax`: first derivatives compile to the same convolutions (bitwise the same results), higher
-ones to the same sums in another order (full ProsPr scores within 1e-7 of their largest value
-in float32, measured; the float64 tests compare to 1e-12). Forward mode (`jvp`,
-`jax.hessian`) works too: the primitives are bilinear.
+gradients of gradients of any order are made of these three ops only. `conv` and `conv_lhs_t` are each lowered
+as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel; the transposed one with
+a flipped kernel), the form XLA:CPU runs with its libraries; `conv_rhs_t` as one matrix product
+per kernel offset (`_rhs_transpose`). The values are those of `lax`: the forward conv and the
+input gradient are the same convolutions, and the weight gradient is the same sum of products
+in another order, so results agree to float rounding (the float64 tests compare every
+derivative order to 1e-12). Forward mode (`jvp`, `jax.hessian`) works too: the primitives are
+bilinear.
 
 Use it as `nn.Conv(..., conv_general_dilated=prospr_jax.conv_ops.conv_general_dilated)`; the
 zoo models in `prospr_jax.models` all do. It uses the primitives only for what they cover
@@ -45,6 +46,7 @@ from typing import Any
 
 import jax
 import jax.extend as jex
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.interpreters import ad, batching, mlir
@@ -114,48 +116,36 @@ def _lhs_transpose(dy: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array
       dimension_numbers=geometry.dimension_numbers(), precision=geometry.precision)
 
 
-WEIGHT_GRAD_CHUNK: int | None = None
-"""If set, samples per chunk of the weight gradient's reduction over the batch
-(`_rhs_transpose`); None (the default): one reduction over the whole batch.
-
-Chunks of 8 make a SmallConvNet training step 1.27x faster on XLA:CPU, but change float32
-ProsPr scores by up to 4e-6 of their largest value, make compiling 1.3-4x slower and break
-remat's memory bound (k = 30 / k = 1: 4.12 instead of 1.53); `scripts/conv_ops_ablation.py`
-measures all of it. So they are off by default."""
-
-
 def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
   """`dw = conv_rhs_t(x, dy)`: `[B, *S, C], [B, *S', O] -> [*K, C, O]`.
 
-  `_rhs_transpose_chunk` over the whole batch, or summed over chunks of `WEIGHT_GRAD_CHUNK`
-  samples when that is set.
-  """
-  chunk = WEIGHT_GRAD_CHUNK or x.shape[0]
-  parts = [_rhs_transpose_chunk(x[i:i + chunk], dy[i:i + chunk], geometry)
-           for i in range(0, x.shape[0], chunk)]
-  out = parts[0]
-  for part in parts[1:]:
-    out = out + part
-  return out
-
-
-def _rhs_transpose_chunk(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
-  """`conv_rhs_t(x, dy)` as one conv: `[B, *S, C], [B, *S', O] -> [*K, C, O]`.
-
-  A forward conv over the batch: `x` as `[C, *S, B]` (channels as the batch, batch as the
-  features), `dy` as the kernel `[*S', B, O]` dilated by the strides, giving `[C, *K, O]`.
+  One matrix product per kernel offset `q`: `dw[q] = X_q @ dy_rows`, where `X_q: [C, B * |S'|]`
+  is the window of the zero-padded `x` (laid out `[C, B, *S_padded]` once) that offset `q` reads
+  at every output position (`q + p * strides`), and `dy_rows: [B * |S'|, O]` is `dy` itself.
+  The `|K|` products run in a loop, so one window (the size of `y`'s rows times `C`) is live at
+  a time. XLA:CPU runs the same reduction written as one convolution (`x` as `[C, *S, B]`, `dy`
+  as a `[*S', B, O]` kernel) far slower: it was the largest share of a training step
+  (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`, keeps that form to compare).
   """
   n = len(geometry.strides)
-  spatial = tuple(range(1, n + 1))
-  x_t = lax.transpose(x, (n + 1, *spatial, 0))
-  dy_t = lax.transpose(dy, (*spatial, 0, n + 1))
-  padding = [(lo, (o - 1) * s + k - size - lo) for size, (lo, _), k, s, o in
-             zip(geometry.lhs_spatial, geometry.padding, geometry.rhs_spatial,
-                 geometry.strides, geometry.out_spatial)]
-  out = lax.conv_general_dilated(
-      x_t, dy_t, (1,) * n, padding, rhs_dilation=geometry.strides,
-      dimension_numbers=geometry.dimension_numbers(), precision=geometry.precision)
-  return lax.transpose(out, (*spatial, 0, n + 1))
+  batch, channels = x.shape[0], x.shape[-1]
+  x_padded = lax.pad(x, np.zeros((), x.dtype),
+                     ((0, 0, 0), *((lo, hi, 0) for lo, hi in geometry.padding), (0, 0, 0)))
+  x_padded = lax.transpose(x_padded, (n + 1, 0, *range(1, n + 1)))  # [C, B, *S_padded]
+  window = tuple((o - 1) * s + 1 for o, s in zip(geometry.out_spatial, geometry.strides))
+  dy_rows = dy.reshape(-1, dy.shape[-1])
+
+  def offset_gradient(i: jax.Array, dw: jax.Array) -> jax.Array:
+    offset = jnp.unravel_index(i, geometry.rhs_spatial)
+    x_window = lax.dynamic_slice(x_padded, (0, 0, *offset), (channels, batch, *window))
+    x_window = lax.slice(x_window, (0,) * (n + 2), x_window.shape, (1, 1, *geometry.strides))
+    product = lax.dot(x_window.reshape(channels, -1), dy_rows, precision=geometry.precision)
+    return lax.dynamic_update_index_in_dim(dw, product, i, 0)
+
+  size = int(np.prod(geometry.rhs_spatial))
+  dw = lax.fori_loop(0, size, offset_gradient,
+                     jnp.zeros((size, channels, dy.shape[-1]), x.dtype))
+  return dw.reshape(*geometry.rhs_spatial, channels, dy.shape[-1])
 
 
 def _make_primitive(name: str, impl, out_shape) -> jex.core.Primitive:

@@ -1,14 +1,11 @@
 r"""Ablation of `prospr_jax.conv_ops` on one zoo setting, all variants side by side in one process.
 
   PYTHONPATH=. .venv/bin/python scripts/conv_ops_ablation.py --model=resnet20_prospr \
-      --input_shape=32,32,3 --variants=lax,unchunked,chunked --memory_k=0
+      --input_shape=32,32,3 --variants=lax,conv_wgrad,conv_ops --memory_k=0
 
-Variants (selected at trace time, each compiled from a fresh trace):
-  lax        every conv is `lax.conv_general_dilated` (the library before `conv_ops`);
-  unchunked  `conv_ops` as shipped: its primitives, the weight gradient as one conv over the
-             whole batch;
-  chunked    the weight gradient summed over chunks of --chunk samples
-             (`conv_ops.WEIGHT_GRAD_CHUNK`, off by default).
+Variants (`conv_variants.py`; selected at trace time, each compiled from a fresh trace): `lax`
+(every conv `lax.conv_general_dilated`), `conv_wgrad` (`conv_ops` with the weight gradient as
+one convolution) and `conv_ops` as shipped.
 
 For the masked training step, full ProsPr and first-order ProsPr at --k (experiments/benchmark.py's
 functions and random batches) it prints each variant's largest score difference from the first
@@ -27,33 +24,19 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from prospr_jax import conv_ops  # noqa: E402  pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conv_variants  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS  # --model, --input_shape, --batch_size and --repeats are benchmark.py's
 _K = flags.DEFINE_integer("k", 3, "Inner steps of ProsPr.")
-_VARIANTS = flags.DEFINE_list("variants", ["lax", "unchunked", "chunked"], "Variants, in order.")
-_CHUNK = flags.DEFINE_integer("chunk", 8, "Samples per weight-gradient chunk of 'chunked'.")
+_VARIANTS = flags.DEFINE_list("variants", list(conv_variants.VARIANTS), "Variants, in order.")
 _MEMORY_K = flags.DEFINE_integer(
     "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
                     "ratio (0: skip).")
-
-_SHIPPED = (conv_ops.conv_general_dilated, conv_ops.WEIGHT_GRAD_CHUNK)
-
-
-def use_variant(name: str) -> None:
-  """Points `conv_ops` (read by the zoo's convs at trace time) at the variant `name`."""
-  conv_ops.conv_general_dilated, conv_ops.WEIGHT_GRAD_CHUNK = _SHIPPED
-  if name == "lax":
-    conv_ops.conv_general_dilated = lax.conv_general_dilated
-  elif name == "chunked":
-    conv_ops.WEIGHT_GRAD_CHUNK = _CHUNK.value
-  elif name != "unchunked":
-    raise app.UsageError(f"Unknown variant {name!r}.")
 
 
 def largest_relative_difference(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
@@ -71,7 +54,7 @@ def main(argv: Sequence[str]) -> None:
   compiled, compile_s, memory = {}, {}, {}
   for variant in variants:
     jax.clear_caches()  # the library's jits are module-level: never reuse another variant's trace
-    use_variant(variant)
+    conv_variants.use(variant)
     cases = benchmark.timing_cases(setup, [k])
     for name in names:
       fn, args = cases[name]
@@ -83,7 +66,7 @@ def main(argv: Sequence[str]) -> None:
           benchmark.prospr_fn(setup, m, remat=True), *benchmark.prospr_args(setup, m))[0])["peak"]
                for m in (1, _MEMORY_K.value)]
       memory[variant] = (peaks[0] / 2**20, peaks[1] / 2**20)
-  use_variant("unchunked")
+  conv_variants.use("conv_ops")
   for name in names[1:]:
     first = jax.tree.leaves(compiled[(name, variants[0])][0](*compiled[(name, variants[0])][1]))
     for variant in variants[1:]:

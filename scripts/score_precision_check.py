@@ -4,9 +4,9 @@ r"""How far float32 ProsPr scores are from float64 ones, with `lax` convs and wi
       --input_shape=32,32,3 --first_order
 
 Computes the scores of one setting (experiments/benchmark.py's random batches, k = 3) in
-float64 with `conv_ops` as the truth, then in float32 with every conv `lax.conv_general_dilated`,
-with `conv_ops` as shipped, and with `conv_ops.WEIGHT_GRAD_CHUNK = 8`, and prints for each the
-largest |float32 - float64| of a leaf relative to that leaf's largest |float64| score.
+float64 with `conv_ops` as the truth, then in float32 with each variant of `conv_variants.py`
+(`lax`, `conv_wgrad`, `conv_ops`), and prints for each the largest |float32 - float64| of a leaf
+relative to that leaf's largest |float64| score.
 """
 
 from __future__ import annotations
@@ -18,25 +18,22 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 from absl import app, flags
-from jax import lax
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from prospr_jax import conv_ops  # noqa: E402  pylint: disable=g-import-not-at-top
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import conv_variants  # noqa: E402  pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS  # --model, --input_shape and --batch_size are benchmark.py's
 _FIRST_ORDER = flags.DEFINE_bool("first_order", False, "First-order ProsPr instead of full.")
 K = 3
 
-_SHIPPED = conv_ops.conv_general_dilated
-
 
 def scores(setup: benchmark.Setup, variant: str, float64: bool) -> list[np.ndarray]:
   """The ProsPr score leaves of `setup` with the conv `variant`, in float64 or float32."""
   jax.clear_caches()  # the library's jits are module-level: never reuse another variant's trace
-  conv_ops.conv_general_dilated = lax.conv_general_dilated if variant == "lax" else _SHIPPED
-  conv_ops.WEIGHT_GRAD_CHUNK = 8 if variant == "chunked" else None
+  conv_variants.use(variant)
   args = benchmark.prospr_args(setup, K)
   if float64:
     args = jax.tree.map(lambda a: np.asarray(a, np.float64) if a.dtype == np.float32 else a, args)
@@ -51,7 +48,7 @@ def main(argv: Sequence[str]) -> None:
   with jax.enable_x64(True):
     truth = scores(setup, "conv_ops", float64=True)
   kind = "first-order" if _FIRST_ORDER.value else "full"
-  for variant in ("lax", "conv_ops", "chunked"):
+  for variant in conv_variants.VARIANTS:
     got = scores(setup, variant, float64=False)
     error = max(float(np.max(np.abs(a - t)) / max(np.max(np.abs(t)), 1e-300))
                 for a, t in zip(got, truth))

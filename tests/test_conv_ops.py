@@ -24,9 +24,11 @@ GEOMETRIES = [  # (input H, kernel, stride, padding)
 ]
 
 
-def _loss(conv, stride, padding, x, w):
-  """A non-quadratic scalar of the conv's output, so every derivative order is non-trivial."""
-  y = conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
+def _loss(conv, strides, padding, x, w):
+  """A non-quadratic scalar of the (channels-last) conv's output, so every derivative order is
+  non-trivial."""
+  dims = lax.conv_dimension_numbers(x.shape, w.shape, conv_ops.channels_last(x.ndim - 2))
+  y = conv(x, w, strides, padding, dimension_numbers=dims)
   return jnp.sum(jnp.tanh(y) ** 2)
 
 
@@ -39,23 +41,29 @@ def _value_and_derivatives(f, x, w):
           jax.jvp(grad, (x, w), (0.3 * x, 0.7 * w))[1])
 
 
-def _assert_same(transform, geometry, batch=2):
+def _assert_same(transform, x_shape, w_shape, strides, padding):
   """`transform(f, x, w)` agrees for `lax.conv_general_dilated` and `conv_ops` (float64)."""
-  size, k, stride, padding = geometry
   kx, kw = jax.random.split(jax.random.key(0))
-  x = jax.random.normal(kx, (batch, size, size + 1, 2), jnp.float64)
-  w = jax.random.normal(kw, (k, k, 2, 3), jnp.float64)
-  ref = functools.partial(_loss, lax.conv_general_dilated, stride, padding)
-  ours = functools.partial(_loss, conv_ops.conv_general_dilated, stride, padding)
+  x = jax.random.normal(kx, x_shape, jnp.float64)
+  w = jax.random.normal(kw, w_shape, jnp.float64)
+  ref = functools.partial(_loss, lax.conv_general_dilated, strides, padding)
+  ours = functools.partial(_loss, conv_ops.conv_general_dilated, strides, padding)
+  assert "prospr_conv_rhs_transpose[" in str(jax.make_jaxpr(jax.grad(ours, 1))(x, w))
   expected = jax.jit(functools.partial(transform, ref))(x, w)
   actual = jax.jit(functools.partial(transform, ours))(x, w)
   jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12),
                actual, expected)
 
 
+def _assert_same_2d(transform, geometry):
+  """`_assert_same` for a 2-D `geometry = (input H, kernel, stride, padding)`, batch 2."""
+  size, k, stride, padding = geometry
+  _assert_same(transform, (2, size, size + 1, 2), (k, k, 2, 3), (stride, stride), padding)
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
 def test_values_and_first_and_second_derivatives_match_lax(x64, geometry):
-  _assert_same(_value_and_derivatives, geometry)
+  _assert_same_2d(_value_and_derivatives, geometry)
 
 
 @pytest.mark.parametrize("transform", [
@@ -65,20 +73,21 @@ def test_values_and_first_and_second_derivatives_match_lax(x64, geometry):
     lambda f, x, w: jax.vmap(jax.grad(f, 1), (None, 0))(x, jnp.stack([w, -w])),
 ], ids=["hessian", "third order", "vmap of grad"])
 def test_hessian_third_order_and_vmap_match_lax(x64, transform):
-  _assert_same(transform, GEOMETRIES[1])
+  _assert_same_2d(transform, GEOMETRIES[1])
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=str)
-def test_weight_gradient_summed_over_uneven_batch_chunks_matches_lax(x64, geometry, monkeypatch):
-  # The opt-in chunking: 2 full chunks and a partial one sum to the whole batch's reduction.
-  monkeypatch.setattr(conv_ops, "WEIGHT_GRAD_CHUNK", 4)
-  _assert_same(_value_and_derivatives, geometry, batch=11)
+@pytest.mark.parametrize("spatial, kernel, strides", [
+    ((9,), (3,), (2,)), ((5, 6, 4), (3, 1, 2), (1, 2, 1))], ids=["1-D", "3-D"])
+def test_one_and_three_spatial_dims_match_lax(x64, spatial, kernel, strides):
+  # The weight gradient loops over the kernel offsets of any rank.
+  _assert_same(_value_and_derivatives, (3, *spatial, 2), (*kernel, 2, 3), strides,
+               [(1, 0)] * len(spatial))
 
 
 def test_every_derivative_order_uses_only_the_three_primitives():
   x = jnp.ones((2, 6, 6, 3))
   w = jnp.ones((3, 3, 3, 4))
-  f = functools.partial(_loss, conv_ops.conv_general_dilated, 2, ((1, 1), (1, 1)))
+  f = functools.partial(_loss, conv_ops.conv_general_dilated, (2, 2), ((1, 1), (1, 1)))
   second = jax.grad(lambda x, w: jnp.sum(jax.grad(f, 1)(x, w) ** 2), (0, 1))
   jaxpr = str(jax.make_jaxpr(second)(x, w))
   assert "conv_general_dilated" not in jaxpr
