@@ -22,10 +22,10 @@ with `x: [B, *S, C]`, `w: [*K, C, O]`, `y, dy: [B, *S', O]`, all sharing one for
 <conv_lhs_t(y, w), x> = <conv_rhs_t(x, y), w>`), so gradients, Hessian-vector products and
 gradients of gradients of any order are made of these three ops only. `conv` and `conv_lhs_t` are each lowered
 as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel; the transposed one with
-a flipped kernel), the form XLA:CPU runs with its libraries; `conv_rhs_t` as one matrix product
-per kernel offset (`_rhs_transpose`). The values are those of `lax`: the forward conv and the
-input gradient are the same convolutions, and the weight gradient is the same sum of products
-in another order, so results agree to float rounding (the float64 tests compare every
+a flipped kernel), the form XLA:CPU runs with its libraries; `conv_rhs_t` as a loop of such
+convolutions over chunks of the batch (`_rhs_transpose`). The values are those of `lax`: the forward conv and the
+input gradient are the same convolutions, and the weight gradient is the same sum in another
+order, so results agree to float rounding (the float64 tests compare every
 derivative order to 1e-12). Forward mode (`jvp`, `jax.hessian`) works too: the primitives are
 bilinear.
 
@@ -116,36 +116,52 @@ def _lhs_transpose(dy: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array
       dimension_numbers=geometry.dimension_numbers(), precision=geometry.precision)
 
 
+WEIGHT_GRAD_CHUNK = 8
+"""Samples per convolution of the weight gradient (`_rhs_transpose`)."""
+
+
 def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
   """`dw = conv_rhs_t(x, dy)`: `[B, *S, C], [B, *S', O] -> [*K, C, O]`.
 
-  One matrix product per kernel offset `q`: `dw[q] = X_q @ dy_rows`, where `X_q: [C, B * |S'|]`
-  is the window of the zero-padded `x` (laid out `[C, B, *S_padded]` once) that offset `q` reads
-  at every output position (`q + p * strides`), and `dy_rows: [B * |S'|, O]` is `dy` itself.
-  The `|K|` products run in a loop, so one window (the size of `y`'s rows times `C`) is live at
-  a time. XLA:CPU runs the same reduction written as one convolution (`x` as `[C, *S, B]`, `dy`
-  as a `[*S', B, O]` kernel) far slower: it was the largest share of a training step
-  (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`, keeps that form to compare).
+  The sum over chunks of `WEIGHT_GRAD_CHUNK` samples of `_rhs_transpose_chunk`, accumulated in
+  a loop, so one chunk's operands are live at a time (the rest of a batch that does not divide
+  evenly is one more chunk). XLA:CPU runs each chunk's convolution with its libraries, but the
+  whole batch's as one convolution (a `[*S', B, O]` kernel of the full image size) 1.3-3x
+  slower on the zoo's layers (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`).
+  """
+  chunk = WEIGHT_GRAD_CHUNK
+  batch = x.shape[0]
+  full = batch // chunk
+  dw = jnp.zeros((*geometry.rhs_spatial, x.shape[-1], dy.shape[-1]), x.dtype)
+  if full:
+    def add_chunk(i: jax.Array, dw: jax.Array) -> jax.Array:
+      x_i = lax.dynamic_slice_in_dim(x, i * chunk, chunk)
+      dy_i = lax.dynamic_slice_in_dim(dy, i * chunk, chunk)
+      return dw + _rhs_transpose_chunk(x_i, dy_i, geometry)
+
+    dw = lax.fori_loop(0, full, add_chunk, dw)
+  if batch % chunk:
+    dw = dw + _rhs_transpose_chunk(x[full * chunk:], dy[full * chunk:], geometry)
+  return dw
+
+
+def _rhs_transpose_chunk(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
+  """`conv_rhs_t(x, dy)` as one conv: `[B, *S, C], [B, *S', O] -> [*K, C, O]`.
+
+  A forward conv over the batch: `x` as `[C, *S, B]` (channels as the batch, batch as the
+  features), `dy` as the kernel `[*S', B, O]` dilated by the strides, giving `[C, *K, O]`.
   """
   n = len(geometry.strides)
-  batch, channels = x.shape[0], x.shape[-1]
-  x_padded = lax.pad(x, np.zeros((), x.dtype),
-                     ((0, 0, 0), *((lo, hi, 0) for lo, hi in geometry.padding), (0, 0, 0)))
-  x_padded = lax.transpose(x_padded, (n + 1, 0, *range(1, n + 1)))  # [C, B, *S_padded]
-  window = tuple((o - 1) * s + 1 for o, s in zip(geometry.out_spatial, geometry.strides))
-  dy_rows = dy.reshape(-1, dy.shape[-1])
-
-  def offset_gradient(i: jax.Array, dw: jax.Array) -> jax.Array:
-    offset = jnp.unravel_index(i, geometry.rhs_spatial)
-    x_window = lax.dynamic_slice(x_padded, (0, 0, *offset), (channels, batch, *window))
-    x_window = lax.slice(x_window, (0,) * (n + 2), x_window.shape, (1, 1, *geometry.strides))
-    product = lax.dot(x_window.reshape(channels, -1), dy_rows, precision=geometry.precision)
-    return lax.dynamic_update_index_in_dim(dw, product, i, 0)
-
-  size = int(np.prod(geometry.rhs_spatial))
-  dw = lax.fori_loop(0, size, offset_gradient,
-                     jnp.zeros((size, channels, dy.shape[-1]), x.dtype))
-  return dw.reshape(*geometry.rhs_spatial, channels, dy.shape[-1])
+  spatial = tuple(range(1, n + 1))
+  x_t = lax.transpose(x, (n + 1, *spatial, 0))
+  dy_t = lax.transpose(dy, (*spatial, 0, n + 1))
+  padding = [(lo, (o - 1) * s + k - size - lo) for size, (lo, _), k, s, o in
+             zip(geometry.lhs_spatial, geometry.padding, geometry.rhs_spatial,
+                 geometry.strides, geometry.out_spatial)]
+  out = lax.conv_general_dilated(
+      x_t, dy_t, (1,) * n, padding, rhs_dilation=geometry.strides,
+      dimension_numbers=geometry.dimension_numbers(), precision=geometry.precision)
+  return lax.transpose(out, (*spatial, 0, n + 1))
 
 
 def _make_primitive(name: str, impl, out_shape) -> jex.core.Primitive:

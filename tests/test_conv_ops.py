@@ -55,10 +55,10 @@ def _assert_same(transform, x_shape, w_shape, strides, padding):
                actual, expected)
 
 
-def _assert_same_2d(transform, geometry):
-  """`_assert_same` for a 2-D `geometry = (input H, kernel, stride, padding)`, batch 2."""
+def _assert_same_2d(transform, geometry, batch=2):
+  """`_assert_same` for a 2-D `geometry = (input H, kernel, stride, padding)`."""
   size, k, stride, padding = geometry
-  _assert_same(transform, (2, size, size + 1, 2), (k, k, 2, 3), (stride, stride), padding)
+  _assert_same(transform, (batch, size, size + 1, 2), (k, k, 2, 3), (stride, stride), padding)
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
@@ -78,10 +78,17 @@ def test_hessian_third_order_and_vmap_match_lax(x64, transform):
 
 @pytest.mark.parametrize("spatial, kernel, strides", [
     ((9,), (3,), (2,)), ((5, 6, 4), (3, 1, 2), (1, 2, 1))], ids=["1-D", "3-D"])
-def test_one_and_three_spatial_dims_match_lax(x64, spatial, kernel, strides):
-  # The weight gradient loops over the kernel offsets of any rank.
-  _assert_same(_value_and_derivatives, (3, *spatial, 2), (*kernel, 2, 3), strides,
+def test_one_and_three_spatial_dims_match_lax(x64, spatial, kernel, strides, monkeypatch):
+  monkeypatch.setattr(conv_ops, "WEIGHT_GRAD_CHUNK", 2)
+  _assert_same(_value_and_derivatives, (5, *spatial, 2), (*kernel, 2, 3), strides,
                [(1, 0)] * len(spatial))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_weight_gradient_summed_over_uneven_batch_chunks_matches_lax(x64, geometry, monkeypatch):
+  # 2 full chunks in the loop and a partial one after it sum to the whole batch's reduction.
+  monkeypatch.setattr(conv_ops, "WEIGHT_GRAD_CHUNK", 4)
+  _assert_same_2d(_value_and_derivatives, geometry, batch=11)
 
 
 def test_every_derivative_order_uses_only_the_three_primitives():

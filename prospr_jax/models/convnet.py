@@ -42,17 +42,18 @@ def conv(
     kernel_size: int,
     *,
     strides: int = 1,
+    padding: int | None = None,
     use_bias: bool = False,
     kernel_init: Initializer = CONV_INIT,
     name: str | None = None,
 ) -> nn.Conv:
-  """Returns a square 2-D convolution with PyTorch-style symmetric padding `kernel_size // 2`.
+  """Returns a square 2-D convolution with PyTorch-style symmetric zero padding.
 
-  Computed by `conv_ops.conv_general_dilated` (module docstring).
-
-  For odd `kernel_size` it maps `[B, H, W, C]` to `[B, ceil(H / strides), ceil(W / strides), features]`.
+  Computed by `conv_ops.conv_general_dilated` (module docstring). `padding` zeros are added on
+  each side of both spatial dims; None means `kernel_size // 2`, which for odd `kernel_size`
+  maps `[B, H, W, C]` to `[B, ceil(H / strides), ceil(W / strides), features]`.
   """
-  pad = kernel_size // 2
+  pad = kernel_size // 2 if padding is None else padding
   return nn.Conv(
       features,
       (kernel_size, kernel_size),
@@ -137,9 +138,7 @@ class LeNet5(nn.Module):
     """Returns logits `[batch, num_classes]`; `train` is unused (no BatchNorm/dropout)."""
     del train
     x = max_pool_2x2(nn.relu(conv(6, 5, use_bias=True, name="conv1")(x)))
-    x = nn.Conv(16, (5, 5), padding="VALID", kernel_init=CONV_INIT,
-                conv_general_dilated=conv_ops.conv_general_dilated, name="conv2")(x)
-    x = max_pool_2x2(nn.relu(x))
+    x = max_pool_2x2(nn.relu(conv(16, 5, padding=0, use_bias=True, name="conv2")(x)))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(120, name="fc1")(x))
     x = nn.relu(nn.Dense(84, name="fc2")(x))
