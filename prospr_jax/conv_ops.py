@@ -117,7 +117,7 @@ def _lhs_transpose(dy: jax.Array, w: jax.Array, geometry: Geometry) -> jax.Array
 
 
 WEIGHT_GRAD_CHUNK = 8
-"""Samples per convolution of the weight gradient (`_rhs_transpose`)."""
+"""Samples per convolution of the weight gradient (`_rhs_transpose`); read at trace time."""
 
 
 def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array:
@@ -125,9 +125,9 @@ def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array
 
   The sum over chunks of `WEIGHT_GRAD_CHUNK` samples of `_rhs_transpose_chunk`, accumulated in
   a loop, so one chunk's operands are live at a time (the rest of a batch that does not divide
-  evenly is one more chunk). XLA:CPU runs each chunk's convolution with its libraries, but the
-  whole batch's as one convolution (a `[*S', B, O]` kernel of the full image size) 1.3-3x
-  slower on the zoo's layers (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`).
+  evenly is one more chunk). Written as one convolution over the whole batch instead (a
+  `[*S', B, O]` kernel of the full image size), XLA:CPU made a ResNet-20 training step 1.6x
+  slower (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`; docs/conv_ops_ablation_cpu.txt).
   """
   chunk = WEIGHT_GRAD_CHUNK
   batch = x.shape[0]
