@@ -22,7 +22,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
@@ -37,12 +36,6 @@ _VARIANTS = flags.DEFINE_list("variants", list(conv_variants.VARIANTS), "Variant
 _MEMORY_K = flags.DEFINE_integer(
     "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
                     "ratio (0: skip).")
-
-
-def largest_relative_difference(a: Sequence[jax.Array], b: Sequence[jax.Array]) -> float:
-  """max over leaves of max|a - b| / max|a| (leaves with an all-zero `a`: max|a - b|)."""
-  return max(float(jnp.max(jnp.abs(x - y)) / jnp.maximum(jnp.max(jnp.abs(x)), 1e-30))
-             for x, y in zip(a, b))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -72,7 +65,7 @@ def main(argv: Sequence[str]) -> None:
     for variant in variants[1:]:
       got = jax.tree.leaves(compiled[(name, variant)][0](*compiled[(name, variant)][1]))
       print(f"{name}: {variant} vs {variants[0]}: largest |difference| / largest |score| of a "
-            f"leaf = {largest_relative_difference(first, got):.2e}")
+            f"leaf = {conv_variants.largest_relative_difference(first, got):.2e}")
   run = benchmark.interleaved_run_ms(compiled, FLAGS.repeats)
   print(f"\n{FLAGS.model}, batch {batch_size}, run: median of {FLAGS.repeats} (ms); compile (s)")
   print(f"{'':30s}" + "".join(f"{v:>12s}" for v in variants))

@@ -7,26 +7,43 @@
 
 `use(name)` points the library at a variant. The zoo's convs read it at trace time, so call
 `jax.clear_caches()` before tracing again: the library's jits are module-level.
+`largest_relative_difference` is how both scripts compare two variants' scores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from jax import lax
 
 from prospr_jax import conv_ops
 
+# pylint: disable=protected-access  (a variant swaps `conv_ops`' private weight-gradient lowering)
+
 VARIANTS = ("lax", "conv_wgrad", "conv_ops")
 
-_SHIPPED = (conv_ops.conv_general_dilated, conv_ops._rhs_transpose)  # pylint: disable=protected-access
+_SHIPPED = (conv_ops.conv_general_dilated, conv_ops._rhs_transpose)
 
 
 def use(name: str) -> None:
   """Points `prospr_jax.conv_ops` at the variant `name` (one of `VARIANTS`)."""
   if name not in VARIANTS:
     raise ValueError(f"Unknown conv variant {name!r}; expected one of {VARIANTS}.")
-  conv_ops.conv_general_dilated, conv_ops._rhs_transpose = _SHIPPED  # pylint: disable=protected-access
+  conv_ops.conv_general_dilated, conv_ops._rhs_transpose = _SHIPPED
   if name == "lax":
     conv_ops.conv_general_dilated = lax.conv_general_dilated
   elif name == "conv_wgrad":
-    conv_ops._rhs_transpose = conv_ops._rhs_transpose_chunk  # pylint: disable=protected-access
+    conv_ops._rhs_transpose = conv_ops._rhs_transpose_chunk
 
+
+def largest_relative_difference(reference: Sequence[np.ndarray],
+                                other: Sequence[np.ndarray]) -> float:
+  """max over leaves of max|reference - other| / max|reference| (a leaf whose `reference` is
+  all zero: max|reference - other|)."""
+  errors = []
+  for a, b in zip(reference, other, strict=True):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.max(np.abs(a))
+    errors.append(float(np.max(np.abs(a - b)) / (scale if scale > 0 else 1.0)))
+  return max(errors)

@@ -50,8 +50,7 @@ def main(argv: Sequence[str]) -> None:
   kind = "first-order" if _FIRST_ORDER.value else "full"
   for variant in conv_variants.VARIANTS:
     got = scores(setup, variant, float64=False)
-    error = max(float(np.max(np.abs(a - t)) / max(np.max(np.abs(t)), 1e-300))
-                for a, t in zip(got, truth))
+    error = conv_variants.largest_relative_difference(truth, got)
     print(f"{FLAGS.model} {kind} ProsPr k={K}, {variant}: float32 vs float64, largest "
           f"|difference| / largest |score| of a leaf = {error:.2e}", flush=True)
 
