@@ -20,14 +20,14 @@ What: three bilinear primitives that are closed under transposition,
 with `x: [B, *S, C]`, `w: [*K, C, O]`, `y, dy: [B, *S', O]`, all sharing one forward geometry
 (strides, padding, `S`, `K`). Each transposes into the other two (for `<y, conv(x, w)> =
 <conv_lhs_t(y, w), x> = <conv_rhs_t(x, y), w>`), so gradients, Hessian-vector products and
-gradients of gradients of any order are made of these three ops only. `conv` and `conv_lhs_t` are each lowered
-as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel; the transposed one with
-a flipped kernel), the form XLA:CPU runs with its libraries; `conv_rhs_t` as a loop of such
-convolutions over chunks of the batch (`_rhs_transpose`). The values are those of `lax`: the forward conv and the
-input gradient are the same convolutions, and the weight gradient is the same sum in another
-order, so results agree to float rounding (the float64 tests compare every
-derivative order to 1e-12). Forward mode (`jvp`, `jax.hessian`) works too: the primitives are
-bilinear.
+gradients of gradients of any order are made of these three ops only. `conv` and `conv_lhs_t`
+are each lowered as ONE channels-last forward convolution (`NHWC` input, `HWIO` kernel; the
+transposed one with a flipped kernel), the form XLA:CPU runs with its libraries; `conv_rhs_t`
+as a loop of such convolutions over chunks of the batch (`_rhs_transpose`). The values are
+those of `lax`: the forward conv and the input gradient are the same convolutions, and the
+weight gradient is the same sum in another order, so results agree to float rounding (the
+float64 tests compare every derivative order to 1e-12). Forward mode (`jvp`, `jax.hessian`)
+works too: the primitives are bilinear.
 
 Use it as `nn.Conv(..., conv_general_dilated=prospr_jax.conv_ops.conv_general_dilated)`; the
 zoo models in `prospr_jax.models` all do. It uses the primitives only for what they cover
