@@ -129,17 +129,17 @@ def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array
   `[*S', B, O]` kernel of the full image size), XLA:CPU made a ResNet-20 training step 1.6x
   slower (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`; docs/conv_ops_ablation_cpu.txt).
   """
-  chunk = WEIGHT_GRAD_CHUNK
   batch = x.shape[0]
+  chunk = min(WEIGHT_GRAD_CHUNK, batch)
   full = batch // chunk
-  dw = jnp.zeros((*geometry.rhs_spatial, x.shape[-1], dy.shape[-1]), x.dtype)
-  if full:
+  dw = _rhs_transpose_chunk(x[:chunk], dy[:chunk], geometry)
+  if full > 1:
     def add_chunk(i: jax.Array, dw: jax.Array) -> jax.Array:
       x_i = lax.dynamic_slice_in_dim(x, i * chunk, chunk)
       dy_i = lax.dynamic_slice_in_dim(dy, i * chunk, chunk)
       return dw + _rhs_transpose_chunk(x_i, dy_i, geometry)
 
-    dw = lax.fori_loop(0, full, add_chunk, dw)
+    dw = lax.fori_loop(1, full, add_chunk, dw)
   if batch % chunk:
     dw = dw + _rhs_transpose_chunk(x[full * chunk:], dy[full * chunk:], geometry)
   return dw

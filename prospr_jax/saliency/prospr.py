@@ -48,6 +48,31 @@ def _zero_like_scalar_of(tree: PyTree) -> jax.Array:
   return 0.0 * jnp.where(jnp.isfinite(x), x, 0.0)
 
 
+def fusion_barrier(tree: PyTree, zero: jax.Array) -> PyTree:
+  """`tree`, materialized as it is: XLA may not fuse its producers into its consumers.
+
+  What `lax.optimization_barrier` means, but XLA:CPU removes that before fusion. Without a
+  barrier, XLA:CPU fuses the chain of cotangent sums across remat steps into one sum at the end,
+  which keeps every step's terms live: two params-sized buffers per inner step
+  (docs/results.md). So on CPU the barrier is a conditional on `zero == 0`, whose predicate is
+  always true but unknown to the compiler (`zero`: an exact 0.0 computed from the data); its
+  other branch, never taken, gives zeros. Elsewhere it is `lax.optimization_barrier`. Only
+  floating leaves pass through the barrier; the others (integers, `float0` cotangents) are
+  returned as they are.
+  """
+  leaves, treedef = jax.tree.flatten(tree)
+  floating = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
+
+  def conditional(xs: list[jax.Array]) -> list[jax.Array]:
+    return jax.lax.cond(zero == 0, lambda t: t, lambda t: [jnp.zeros_like(x) for x in t], xs)
+
+  kept = jax.lax.platform_dependent(
+      [leaves[i] for i in floating], cpu=conditional, default=jax.lax.optimization_barrier)
+  for i, x in zip(floating, kept):
+    leaves[i] = x
+  return jax.tree.unflatten(treedef, leaves)
+
+
 def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
   """`f` whose reverse pass recomputes `f`'s forward pass instead of storing its residuals.
 
@@ -70,7 +95,8 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
     args = jax.tree.map(
         lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a, args
     )
-    return jax.vjp(f, *args)[1](cotangent)
+    params_ct, opt_state_ct, *rest = jax.vjp(f, *args)[1](cotangent)
+    return (*fusion_barrier((params_ct, opt_state_ct), zero), *rest)
 
   g.defvjp(fwd, bwd)
   return g
