@@ -54,7 +54,7 @@ import optax
 from absl import app, flags
 
 from prospr_jax import masks as masks_lib
-from prospr_jax import models, training
+from prospr_jax import models, provenance, training
 from prospr_jax.adapters import LinenLoss
 from prospr_jax.saliency import prospr_scores, snip_scores
 
@@ -411,7 +411,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
   """Runs every measurement and returns a JSON-serializable results dict.
 
-  Keys: 'device' (see `device_info`), 'config', 'times'
+  Keys: 'code' (`provenance.code_version`: the git commit it ran on), 'device' (see
+  `device_info`), 'config', 'times'
   (`{name: {'compile_ms', 'run_ms', 'peak_mib'}}`), 'ratios' (`{'a / b': float}`), 'memory'
   (see `measure_memory`), 'reference' (`reference_comparison` with the `reference` records,
   None without) and 'targets'. `remat` times full ProsPr with `remat=True`.
@@ -423,6 +424,7 @@ def run_benchmark(
                      num_batches=max(ks + memory_ks) + 1)
   times = measure_times(setup, ks, repeats, remat)
   results = {
+      "code": provenance.code_version(),
       "device": device_info(),
       "config": {"model": model_name, "batch_size": batch_size, "input_shape": list(input_shape),
                  "num_classes": num_classes, "repeats": repeats, "ks": ks, "memory_ks": memory_ks,
@@ -476,7 +478,9 @@ def _reference_table(comparison: dict[str, Any]) -> list[str]:
 def format_report(results: dict[str, Any]) -> str:
   """Human-readable tables of `run_benchmark`'s results."""
   cfg, dev = results["config"], results["device"]
-  lines = [f"device: {dev['device']}  kind: {dev['device_kind']}  platform: {dev['platform']}",
+  code = results["code"]
+  lines = [f"code: commit {code['git_commit']}{' with local changes' if code['git_dirty'] else ''}",
+           f"device: {dev['device']}  kind: {dev['device_kind']}  platform: {dev['platform']}",
            f"model: {cfg['model']} ({cfg['num_params']:,} params)  batch: {cfg['batch_size']}  "
            f"input: {cfg['input_shape']}  repeats: {cfg['repeats']} (median after 1 warm-up)",
            "", f"{'function':<32}{'compile ms':>12}{'run ms':>12}{'peak MiB':>12}"]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import import_experiment
 
-from prospr_jax import models
+from prospr_jax import models, provenance
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -73,6 +73,9 @@ def test_results_are_json_and_report_lists_every_target(results, benchmark):
   report = benchmark.format_report(results)
   assert report.count("target ") == len(results["targets"]) == 3
   assert results["device"]["device_kind"] in report
+  # Stamped with the code it ran on.
+  assert results["code"] == provenance.code_version()
+  assert f"code: commit {results['code']['git_commit']}" in report
 
 
 def test_library_and_benchmarks_import_no_tensorflow_tfds_or_ml_collections():
