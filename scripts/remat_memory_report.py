@@ -127,10 +127,12 @@ def live_at_peak(hlo: str) -> tuple[int, list[Buffer]]:
 
 
 def _grouped(buffers: Sequence[Buffer], top: int) -> list[tuple[int, int, str, str]]:
-  """The `top` largest `(bytes, count, shape, op_name)` groups of `buffers`."""
+  """The `top` largest `(bytes, count, shape, made by)` groups of `buffers`; 'made by' is the
+  JAX op name below `jit(k_step_loss)`, or the HLO instruction where XLA made the buffer."""
   groups: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
   for buf in buffers:
-    group = groups[buf.shape, re.sub(r"^jit\(_prospr\)/jit\(k_step_loss\)/?", "", buf.op_name)]
+    op = re.sub(r"^jit\(_prospr\)/jit\(k_step_loss\)/?", "", buf.op_name)
+    group = groups[buf.shape, op or f"HLO {buf.instruction} (no JAX op below k_step_loss)"]
     group[0] += buf.size
     group[1] += 1
   rows = sorted(((size, n, shape, op) for (shape, op), (size, n) in groups.items()), reverse=True)
