@@ -25,7 +25,10 @@ import re
 import sys
 from collections.abc import Sequence
 
+import jax
 from absl import app, flags
+
+from prospr_jax import provenance
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -146,8 +149,12 @@ def main(argv: Sequence[str]) -> None:
                                tuple(int(s) for s in FLAGS.input_shape), 10,
                                num_batches=max(ks) + 1)
   mib = 2.0**20
+  code = provenance.code_version()
+  print(f"code: commit {code['git_commit']}{' with local changes' if code['git_dirty'] else ''}"
+        f"; jax {jax.__version__} on {jax.devices()[0].platform}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"{FLAGS.model}, batch {FLAGS.batch_size}, input {FLAGS.input_shape}, full ProsPr with "
-        f"remat=True; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"remat=True")
   peaks = {}
   for k in ks:
     compiled, _ = benchmark.compile_fn(benchmark.prospr_fn(setup, k, remat=True),
