@@ -10,7 +10,7 @@ HLO = """HloModule m, is_scheduled=true
 
 ENTRY %main (p: f32[4]) -> f32[4] {
   %p = f32[4]{0} parameter(0)
-  %a = f32[256]{0} fusion(%p), kind=kLoop, calls=%f, metadata={op_name="jit(_prospr)/jit(k_step_loss)/a"}
+  %a = f32[256]{0} fusion(%p), calls=%f, metadata={op_name="jit(_prospr)/jit(k_step_loss)/a"}
   %b = f32[512]{0} fusion(%a), kind=kLoop, calls=%f
   %t = (f32[256]{0}, f32[512]{0}) tuple(%a, %b)
   %w = (f32[256]{0}, f32[512]{0}) while(%t), condition=%cond, body=%body

@@ -52,13 +52,13 @@ def fusion_barrier(tree: PyTree, zero: jax.Array) -> PyTree:
   """`tree`, materialized as it is: XLA may not fuse its producers into its consumers.
 
   What `lax.optimization_barrier` means, but XLA:CPU removes that before fusion. Without a
-  barrier, XLA:CPU fuses the chain of cotangent sums across remat steps into one sum at the end,
-  which keeps every step's terms live: two params-sized buffers per inner step
-  (docs/results.md). So on CPU the barrier is a conditional on `zero == 0`, whose predicate is
-  always true but unknown to the compiler (`zero`: an exact 0.0 computed from the data); its
-  other branch, never taken, gives zeros. Elsewhere it is `lax.optimization_barrier`. Only
-  floating leaves pass through the barrier; the others (integers, `float0` cotangents) are
-  returned as they are.
+  barrier, XLA:CPU fused the chain of cotangent sums across remat steps into one sum at the end,
+  which kept every step's terms live: two params-sized buffers per inner step of ProsPr with
+  SGD on SmallConvNet (docs/results.md §2). So on CPU the barrier is a conditional on
+  `zero == 0`, whose predicate is always true but unknown to the compiler (`zero`: an exact 0.0
+  computed from the data); its other branch, never taken, gives zeros. Elsewhere it is
+  `lax.optimization_barrier`. Only floating leaves pass through the barrier; the others
+  (integers, `float0` cotangents) are returned as they are.
   """
   leaves, treedef = jax.tree.flatten(tree)
   floating = [i for i, x in enumerate(leaves) if jnp.issubdtype(x.dtype, jnp.inexact)]
@@ -80,7 +80,9 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
   incoming cotangent, so XLA can neither hoist it into the forward pass nor merge it with the
   original computation. XLA:CPU removes `jax.checkpoint`'s optimization barriers early and then
   deduplicates the recomputation away, so `jax.checkpoint` saved no memory there (measured:
-  1.9 GB at k = 30 either way; 107 MB with this, see docs/results.md).
+  1.9 GB at k = 30 either way; 107 MB with this, see docs/results.md). The reverse pass returns
+  its cotangents through `fusion_barrier`, so that XLA cannot fuse the sums of the cotangents of
+  a chain of such steps into one sum that keeps every step's terms live.
   """
 
   @jax.custom_vjp
@@ -95,8 +97,7 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
     args = jax.tree.map(
         lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a, args
     )
-    params_ct, opt_state_ct, *rest = jax.vjp(f, *args)[1](cotangent)
-    return (*fusion_barrier((params_ct, opt_state_ct), zero), *rest)
+    return fusion_barrier(jax.vjp(f, *args)[1](cotangent), zero)
 
   g.defvjp(fwd, bwd)
   return g
