@@ -4,7 +4,9 @@
 # SmallConvNet (28x28x1) at batch 128 -- one masked training step, full and first-order ProsPr
 # at k = 3 --, then experiments/benchmark.py on the same two settings, one process each (its
 # own ratios, the remat memory table for SmallConvNet, and the reference's times beside its
-# own, with the targets). The two sides never run at the same time. Writes to OUT (docs/):
+# own, with the targets). The two sides never run at the same time. Writes to a scratch folder,
+# then copies into OUT (docs/) at the end, so that the benchmark's record of the git tree it ran
+# on (clean or "with local changes") is not spoiled by its own half-written outputs:
 #   benchmark_cpu.txt (both settings' tables and targets), benchmark_cpu_resnet20.json and
 #   benchmark_cpu.json (SmallConvNet), benchmark_cpu_reference.jsonl (the reference's raw
 #   records) and benchmark_cpu_reference.log.
@@ -26,8 +28,10 @@ if [ "${SMOKE:-0}" = 1 ]; then
   BATCH=8 REPEATS=1 MEMORY_KS=1,3
 fi
 mkdir -p "$OUT"
-plan=$(mktemp --suffix=.json)
-trap 'rm -f "$plan"' EXIT
+FINAL_OUT=$OUT
+OUT=$(mktemp -d)
+plan="$OUT/plan.json"
+trap 'rm -rf "$OUT"' EXIT
 "$PYTHON" - "$BATCH" > "$plan" <<'EOF'
 import json, sys
 kinds = [{"kind": "train_step"},
@@ -55,3 +59,6 @@ bench --preset=cifar10_resnet20 --ks=3 --memory_ks= --output="$OUT/benchmark_cpu
   | tee "$OUT/benchmark_cpu.txt"
 bench --preset=fashion_mnist_small_convnet --ks=1,3,10 --memory_ks="$MEMORY_KS" \
   --output="$OUT/benchmark_cpu.json" | tee -a "$OUT/benchmark_cpu.txt"
+rm "$plan"
+cp "$OUT"/* "$FINAL_OUT"/
+echo "wrote $FINAL_OUT/benchmark_cpu*"

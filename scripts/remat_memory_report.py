@@ -1,7 +1,7 @@
 r"""What is live at the memory peak of ProsPr's remat meta-gradient on XLA:CPU, for several k.
 
-  PYTHONPATH=. .venv/bin/python scripts/remat_memory_report.py --memory_ks=1,3,30 \
-      > docs/remat_memory_cpu.txt
+  PYTHONPATH=. .venv/bin/python scripts/remat_memory_report.py --memory_ks=1,3,10,30 \
+      > /tmp/report.txt && mv /tmp/report.txt docs/remat_memory_cpu.txt
 
 For each k in --memory_ks, compiles experiments/benchmark.py's full ProsPr with `remat=True`
 (by default SmallConvNet at 28x28x1, batch 128, as in docs/benchmark_cpu.txt's memory table;
@@ -13,7 +13,8 @@ peak, and the buffers live there, grouped by result shape and by the JAX op that
 The simulation keeps each instruction's result from its definition to its last use;
 bitcasts, tuples, get-tuple-element, `while` loops and calls alias their operands instead of
 allocating. It ignores what runs inside loops and fusions and how XLA packs buffers into one
-temp allocation, so it approximates XLA's temp size from below.
+temp allocation, so it approximates XLA's temp size from below. The first line records the
+commit; writing the report straight into a tracked file would mark the tree as changed.
 """
 
 from __future__ import annotations
