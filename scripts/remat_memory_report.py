@@ -12,7 +12,7 @@ peak, and the buffers live there, grouped by result shape and by the JAX op that
 
 The simulation keeps each instruction's result from its definition to its last use;
 bitcasts, tuples, get-tuple-element, `while` loops and calls alias their operands instead of
-allocating. It ignores what runs inside loops and fusions and how XLA packs buffers into one
+allocating; parameters and constants are not temporaries and count as nothing. It ignores what runs inside loops and fusions and how XLA packs buffers into one
 temp allocation, so it approximates XLA's temp size from below. The first line records the
 commit; writing the report straight into a tracked file would mark the tree as changed.
 """
@@ -40,7 +40,7 @@ _TOP = flags.DEFINE_integer("top", 12, "Groups of live buffers to list per k.")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8}
 _ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
-_ALIASING = ("bitcast", "tuple", "get-tuple-element", "while", "call", "parameter", "constant")
+_ALIAS_OF_FIRST_OPERAND = ("bitcast", "while", "call")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ def live_at_peak(hlo: str) -> tuple[int, list[Buffer]]:
     elif opcode == "get-tuple-element":
       index = int(re.search(r"index=(\d+)", line).group(1))
       value = [operands[0][index]]
-    elif opcode in _ALIASING:
+    elif opcode in _ALIAS_OF_FIRST_OPERAND:
       value = operands[0]
     else:
       value = []
