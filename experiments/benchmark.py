@@ -478,8 +478,7 @@ def _reference_table(comparison: dict[str, Any]) -> list[str]:
 def format_report(results: dict[str, Any]) -> str:
   """Human-readable tables of `run_benchmark`'s results."""
   cfg, dev = results["config"], results["device"]
-  code = results["code"]
-  lines = [f"code: commit {code['git_commit']}{' with local changes' if code['git_dirty'] else ''}",
+  lines = [f"code: {provenance.describe_code_version(results['code'])}",
            f"device: {dev['device']}  kind: {dev['device_kind']}  platform: {dev['platform']}",
            f"model: {cfg['model']} ({cfg['num_params']:,} params)  batch: {cfg['batch_size']}  "
            f"input: {cfg['input_shape']}  repeats: {cfg['repeats']} (median after 1 warm-up)",

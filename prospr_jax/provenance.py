@@ -40,6 +40,14 @@ def code_version() -> dict[str, Any]:
   return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
+def describe_code_version(code: dict[str, Any]) -> str:
+  """One line for a `code_version()` record: 'commit <sha>', plus ' with local changes' when
+  the tree was dirty; 'no git checkout' when the commit is unknown."""
+  if code["git_commit"] is None:
+    return "no git checkout"
+  return f"commit {code['git_commit']}{' with local changes' if code['git_dirty'] else ''}"
+
+
 def _version(package: str) -> str | None:
   try:
     return importlib.metadata.version(package)

@@ -42,7 +42,6 @@ json.dump([{"model": model, "num_classes": 10, "input_shape": shape,
             "batch_size": int(sys.argv[1]), **kind} for model, shape in settings for kind in kinds],
           sys.stdout)
 EOF
-rm -f "$OUT/benchmark_cpu_reference.jsonl"
 echo "reference: $TORCH_PYTHON scripts/reference_benchmark.py, $THREADS threads, batch $BATCH"
 OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$TORCH_PYTHON" scripts/reference_benchmark.py \
   --plan="$plan" --output="$OUT/benchmark_cpu_reference.jsonl" --ref_dir="$REF_DIR" \

@@ -5,16 +5,17 @@ r"""What is live at the memory peak of ProsPr's remat meta-gradient on XLA:CPU, 
 
 For each k in --memory_ks, compiles experiments/benchmark.py's full ProsPr with `remat=True`
 (by default SmallConvNet at 28x28x1, batch 128, as in docs/benchmark_cpu.txt's memory table;
---model, --input_shape and --batch_size choose another) and prints
-XLA's memory analysis (argument and temp bytes, peak = argument + output + temp - alias), then a
-live-range simulation of the optimized, scheduled entry computation (`Compiled.as_text()`): its
-peak, and the buffers live there, grouped by result shape and by the JAX op that made them.
+--model, --input_shape and --batch_size choose another) and prints XLA's memory analysis
+(argument and temp bytes, peak = argument + output + temp - alias), then a live-range
+simulation of the optimized, scheduled entry computation (`Compiled.as_text()`): its peak, and
+the buffers live there, grouped by result shape and by the JAX op that made them.
 
-The simulation keeps each instruction's result from its definition to its last use;
-bitcasts, tuples, get-tuple-element, `while` loops and calls alias their operands instead of
-allocating; parameters and constants are not temporaries and count as nothing. It ignores what runs inside loops and fusions and how XLA packs buffers into one
-temp allocation, so it approximates XLA's temp size from below. The first line records the
-commit; writing the report straight into a tracked file would mark the tree as changed.
+The simulation keeps each instruction's result from its definition to its last use; bitcasts,
+tuples, get-tuple-element, `while` loops and calls alias their operands instead of allocating;
+parameters and constants are not temporaries and count as nothing. It ignores what runs inside
+loops and fusions and how XLA packs buffers into one temp allocation, so it approximates XLA's
+temp size from below. The first line records the commit; writing the report straight into a
+tracked file would mark the tree as changed.
 """
 
 from __future__ import annotations
@@ -150,9 +151,8 @@ def main(argv: Sequence[str]) -> None:
                                tuple(int(s) for s in FLAGS.input_shape), 10,
                                num_batches=max(ks) + 1)
   mib = 2.0**20
-  code = provenance.code_version()
-  print(f"code: commit {code['git_commit']}{' with local changes' if code['git_dirty'] else ''}"
-        f"; jax {jax.__version__} on {jax.devices()[0].platform}; "
+  print(f"code: {provenance.describe_code_version(provenance.code_version())}; "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   print(f"{FLAGS.model}, batch {FLAGS.batch_size}, input {FLAGS.input_shape}, full ProsPr with "
         f"remat=True")

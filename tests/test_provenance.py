@@ -25,3 +25,13 @@ def test_provenance_names_this_checkouts_commit_and_the_versions():
 def test_outside_a_checkout_the_commit_is_unknown(monkeypatch, tmp_path):
   monkeypatch.setattr(provenance, "_SOURCE_DIR", str(tmp_path))
   assert provenance.code_version() == {"git_commit": None, "git_dirty": None}
+
+
+def test_code_version_is_described_in_one_line():
+  sha = "a" * 40
+  assert provenance.describe_code_version({"git_commit": sha, "git_dirty": False}) == (
+      f"commit {sha}")
+  assert provenance.describe_code_version({"git_commit": sha, "git_dirty": True}) == (
+      f"commit {sha} with local changes")
+  assert provenance.describe_code_version({"git_commit": None, "git_dirty": None}) == (
+      "no git checkout")
