@@ -13,9 +13,10 @@ the buffers live there, grouped by result shape and by the JAX op that made them
 The simulation keeps each instruction's result from its definition to its last use; bitcasts,
 tuples, get-tuple-element, `while` loops and calls alias their operands instead of allocating;
 parameters and constants are not temporaries and count as nothing. It ignores what runs inside
-loops and fusions and how XLA packs buffers into one temp allocation, so it approximates XLA's
-temp size from below. The first line records the commit; writing the report straight into a
-tracked file would mark the tree as changed.
+loops and fusions and how XLA packs buffers into one temp allocation, so it only approximates
+XLA's temp size (docs/remat_memory_cpu.txt: within 1.3 MiB of it, above and below). The first
+line records the commit; writing the report straight into a tracked file would mark the tree as
+changed.
 """
 
 from __future__ import annotations
