@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.grasp_temperature = 200.0
   # Sanity check (Frankle et al. 2021): None, 'shuffle' (permute the kept positions within each
   # layer), 'reinit' (train the mask from a fresh init) or 'invert' (keep each layer's
-  # lowest-scored weights; one-shot methods). See prospr_jax.sanity.
+  # lowest-scored weights; one-shot methods). See prospr_jax.analysis.sanity.
   config.prune.sanity_check = ml_collections.FieldReference(None, field_type=str)
 
   config.train = ml_collections.ConfigDict()

@@ -3,7 +3,7 @@
 `config.prune.structured = True` makes `prune_at_init` call `prospr_jax.structured.structured_prune`:
 `sparsity` is the fraction of channels removed (global top-k over all channel groups, at least
 one channel kept per group), and the trained masked network can be compacted into a smaller
-dense one with `prospr_jax.compaction.compact`. CPU-sized (minutes), like `default.py`.
+dense one with `prospr_jax.models.zoo_compaction.compact`. CPU-sized (minutes), like `default.py`.
 """
 
 import ml_collections

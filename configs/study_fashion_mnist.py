@@ -25,7 +25,7 @@ METHODS = (
     "prospr", "prospr_first_order", "snip", "grasp", "synflow", "iterative_snip", "force",
     "magnitude", "random+erk", "dense+x2",
 )
-"""The sweep arms (`prospr_jax.sweep.parse_arm`); the dense baseline is added per seed."""
+"""The sweep arms (`prospr_jax.experiment.grid_sweep.parse_arm`); the dense baseline is added per seed."""
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ batches (timing and memory do not depend on the data). Reported, as ratios plus 
     training step;
   * first-order ProsPr / full ProsPr and SNIP / full ProsPr at the reference k (3, or the
     largest k <= 3 in --ks);
-  * the masked training step (`training.make_optimizer`: keep_masked -> weight decay -> SGD
+  * the masked training step (`train_step.make_optimizer`: keep_masked -> weight decay -> SGD
     with momentum) / the same chain without keep_masked (dense);
   * with --reference (the JSON lines of scripts/reference_benchmark.py), side by side with the
     authors' PyTorch ProsPr on the same setting (its jobs with this model name, batch size,
@@ -54,11 +54,12 @@ import optax
 from absl import app, flags
 
 from prospr_jax import masks as masks_lib
-from prospr_jax import models, provenance, training
+from prospr_jax import models
+from prospr_jax.experiment import provenance, train_step
 from prospr_jax.adapters import LinenLoss
 from prospr_jax.saliency import prospr_scores, snip_scores
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cifar10_resnet20": {"model_name": "resnet20_prospr", "input_shape": (32, 32, 3),
@@ -101,7 +102,7 @@ TRAIN_CONFIG = types.SimpleNamespace(
     learning_rate=0.1, lr_schedule="cosine", num_epochs=1, lr_decay_fractions=(0.5, 0.75),
     momentum=0.9, weight_decay=5e-4,
 )
-"""`training.TrainHyperparams` of configs/default.py (the step cost does not depend on them)."""
+"""`train_step.TrainHyperparams` of configs/default.py (the step cost does not depend on them)."""
 SPARSITY = 0.9
 """Fraction of weights pruned (at random) in the masks of the masked training step."""
 
@@ -199,23 +200,23 @@ def random_masks(params: PyTree, sparsity: float, seed: int = 0) -> PyTree:
   return jax.tree.unflatten(treedef, masks)
 
 
-def dense_optimizer(config: training.TrainHyperparams,
+def dense_optimizer(config: train_step.TrainHyperparams,
                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """`training.make_optimizer`'s chain without its first element, `keep_masked`."""
+  """`train_step.make_optimizer`'s chain without its first element, `keep_masked`."""
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.sgd(schedule, momentum=config.momentum or None),
   )
 
 
-def train_states(setup: Setup) -> dict[str, training.TrainState]:
+def train_states(setup: Setup) -> dict[str, train_step.TrainState]:
   """`{'masked': ..., 'dense': ...}` training states of the same model and masked params."""
-  schedule = training.learning_rate_schedule(TRAIN_CONFIG, steps_per_epoch=1000)
+  schedule = train_step.learning_rate_schedule(TRAIN_CONFIG, steps_per_epoch=1000)
   masks = random_masks(setup.params, SPARSITY)
-  optimizers = {"masked": training.make_optimizer(TRAIN_CONFIG, schedule, masks),
+  optimizers = {"masked": train_step.make_optimizer(TRAIN_CONFIG, schedule, masks),
                 "dense": dense_optimizer(TRAIN_CONFIG, schedule)}
   return {
-      name: training.TrainState.create(
+      name: train_step.TrainState.create(
           apply_fn=setup.model.apply, params=masks_lib.apply_masks(setup.params, masks),
           tx=tx, batch_stats=setup.state.get("batch_stats", {}), masks=masks)
       for name, tx in optimizers.items()
@@ -263,7 +264,7 @@ def timing_cases(
 ) -> dict[str, tuple[Callable[..., Any], tuple]]:
   """`{name: (jitted function, args)}`: the two training steps, full ProsPr (with `remat`) for
   each k, and first-order ProsPr and SNIP at the reference k."""
-  cases = {f"train_step_{name}": (training.train_step, (state, setup.batches[0]))
+  cases = {f"train_step_{name}": (train_step.train_step, (state, setup.batches[0]))
            for name, state in train_states(setup).items()}
   cases |= {prospr_name(k, remat): (prospr_fn(setup, k, remat=remat), prospr_args(setup, k))
             for k in ks}

@@ -4,7 +4,7 @@ r"""Compact a trained channel-pruned run into a smaller dense model; measure wha
 
 Reads the run's config, masks and final checkpoint from `--workdir` (a run of
 `prune_and_train.py` with `config.prune.structured=True`), builds the compacted model with
-`prospr_jax.compaction.compact`, saves it to `<workdir>/compacted/`, and prints and writes
+`prospr_jax.models.zoo_compaction.compact`, saves it to `<workdir>/compacted/`, and prints and writes
 `<workdir>/compaction.json`: test top-1 of the masked and the compacted model, parameter and
 MAC counts, and the median jitted inference time of one eval batch for both, as ratios.
 """
@@ -19,8 +19,10 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from prospr_jax import compaction, masks as masks_lib, structured, train
-from prospr_jax import data as data_lib
+from prospr_jax.models import zoo_compaction
+from prospr_jax import masks as masks_lib, structured
+from prospr_jax.experiment import train
+from prospr_jax.experiment import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished structured run.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed inference runs (median reported).")
@@ -47,8 +49,8 @@ def main(argv: Sequence[str]) -> None:
   eval_batches = lambda: data_lib.eval_batches(
       config.dataset, batch_size=config.train.eval_batch_size, data_dir=config.data_dir)
   x = next(eval_batches())["image"]
-  small, small_vars = compaction.compact(model, masked, state.masks, x)
-  compaction.save(os.path.join(workdir, "compacted"), small, small_vars)
+  small, small_vars = zoo_compaction.compact(model, masked, state.masks, x)
+  zoo_compaction.save(os.path.join(workdir, "compacted"), small, small_vars)
 
   states = {"masked": state.replace(params=masked["params"]),
             "compacted": state.replace(apply_fn=small.apply, params=small_vars["params"],

@@ -8,7 +8,7 @@ For each model (random init, BatchNorm statistics perturbed so BN is not the ide
 each channel sparsity, channel-group masks are built with `structured_prune` (`--method`,
 default 'random': roughly the same fraction per layer, so the numbers show the effect of the
 sparsity rather than of a method's layer allocation), the masked model is compacted with
-`compaction.compact`, and printed side by side with the dense model:
+`zoo_compaction.compact`, and printed side by side with the dense model:
 
   * params: all parameters of the compacted vs. the dense model;
   * MACs: multiply-accumulates of the convs and dot products per example, counted from the
@@ -42,10 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from prospr_jax import compaction, models, structured
+from prospr_jax.models import zoo_compaction
+from prospr_jax import models, structured
 from prospr_jax import masks as masks_lib
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 
 _MODELS = flags.DEFINE_list("models", ["vgg16", "resnet20"], "Names for models.get_model.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7"], "Channel sparsities.")
@@ -113,7 +114,7 @@ def benchmark_model(
     masks = structured.structured_prune(
         method, model, variables, batch, sparsity, key=key_prune, min_kept_per_group=1
     )
-    small, small_vars = compaction.compact(model, variables, masks, x)
+    small, small_vars = zoo_compaction.compact(model, variables, masks, x)
     small_fwd = _forward(small)
     masked = {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
     err = float(jnp.max(jnp.abs(small_fwd(small_vars, x) - dense_fwd(masked, x))))

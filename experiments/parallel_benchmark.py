@@ -15,7 +15,7 @@ import jax
 from absl import app, flags
 
 import benchmark  # experiments/benchmark.py: shared setup and timing helpers
-from prospr_jax import parallel, train
+from prospr_jax.experiment import distributed, train
 
 # Flags --model, --batch_size (global) and --repeats are the ones benchmark.py defines.
 FLAGS = flags.FLAGS
@@ -25,12 +25,12 @@ def measure(model_name: str, batch_size: int, repeats: int) -> dict[str, float]:
   """Median step time (ms) and examples/s on 1 device and on all devices (data-parallel)."""
   setup = benchmark.make_setup(model_name, batch_size, (28, 28, 1), 10, num_batches=1)
   state = benchmark.train_states(setup)["masked"]
-  mesh = parallel.data_mesh()
+  mesh = distributed.data_mesh()
   one = jax.devices()[0]
   cases = {
       "1 device": (jax.device_put(state, one), jax.device_put(setup.batches[0], one)),
-      f"{jax.device_count()} devices": (parallel.replicate(state, mesh),
-                                        parallel.shard_batch(setup.batches[0], mesh)),
+      f"{jax.device_count()} devices": (distributed.replicate(state, mesh),
+                                        distributed.shard_batch(setup.batches[0], mesh)),
   }
   compiled = {name: (benchmark.compile_fn(train.train_step, *args)[0], args)
               for name, args in cases.items()}

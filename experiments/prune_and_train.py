@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax import progress, prune_config, train
+from prospr_jax.experiment import progress, prune_config, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where config, masks and results are written.")
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")

@@ -13,7 +13,7 @@ than one git commit (or a modified tree) are refused unless --allow_mixed_commit
 
 from absl import app, flags, logging
 
-from prospr_jax import report, sweep
+from prospr_jax.experiment import study_report, grid_sweep
 
 _RESULTS = flags.DEFINE_string("results", None, "all_results.json written by experiments/sweep.py.")
 _ROOT = flags.DEFINE_string("root", None, "A sweep directory: collect its results.json files.")
@@ -34,12 +34,12 @@ def main(argv):
   if (_RESULTS.value is None) == (_ROOT.value is None):
     raise app.UsageError("Give exactly one of --results and --root.")
   source = _RESULTS.value or _ROOT.value
-  records = (sweep.load_collection(source) if _RESULTS.value
-             else sweep.collect_records(_ROOT.value))
+  records = (grid_sweep.load_collection(source) if _RESULTS.value
+             else grid_sweep.collect_records(_ROOT.value))
   if not records:
     raise app.UsageError(f"{source} holds no results.")
   try:
-    paths = report.write_report(records, _OUTPUT_DIR.value, _DENSITY_SPARSITY.value,
+    paths = study_report.write_report(records, _OUTPUT_DIR.value, _DENSITY_SPARSITY.value,
                                 _EXPECTED_SEEDS.value, _ALLOW_MIXED.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from None

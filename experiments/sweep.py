@@ -17,15 +17,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax import sweep
+from prospr_jax.experiment import grid_sweep
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
 _METHODS = flags.DEFINE_string(
-    "methods", ",".join(sweep.DEFAULT_METHODS), "Comma-separated pruning methods.")
+    "methods", ",".join(grid_sweep.DEFAULT_METHODS), "Comma-separated pruning methods.")
 _SPARSITIES = flags.DEFINE_string(
-    "sparsities", ",".join(map(str, sweep.DEFAULT_SPARSITIES)), "Comma-separated sparsities.")
+    "sparsities", ",".join(map(str, grid_sweep.DEFAULT_SPARSITIES)), "Comma-separated sparsities.")
 _SEEDS = flags.DEFINE_string(
-    "seeds", ",".join(map(str, sweep.DEFAULT_SEEDS)), "Comma-separated seeds.")
+    "seeds", ",".join(map(str, grid_sweep.DEFAULT_SEEDS)), "Comma-separated seeds.")
 _INCLUDE_DENSE = flags.DEFINE_bool("include_dense", True, "Add one dense run per seed.")
 _MAX_RUNS = flags.DEFINE_integer(
     "max_runs", -1, "Stop after this many new runs (-1: no limit); rerun to continue.")
@@ -37,16 +37,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
-  points = sweep.expand_grid(
-      sweep.parse_list(_METHODS.value),
-      sweep.parse_list(_SPARSITIES.value, float),
-      sweep.parse_list(_SEEDS.value, int),
+  points = grid_sweep.expand_grid(
+      grid_sweep.parse_list(_METHODS.value),
+      grid_sweep.parse_list(_SPARSITIES.value, float),
+      grid_sweep.parse_list(_SEEDS.value, int),
       include_dense=_INCLUDE_DENSE.value,
   )
-  summary = sweep.run_sweep(flags.FLAGS.config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value)
+  summary = grid_sweep.run_sweep(flags.FLAGS.config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value)
   logging.info("Sweep of %d runs: %d run now, %d already done, %d failed, %d left. Results: %s",
                len(points), len(summary.ran), len(summary.skipped), len(summary.failed),
-               len(summary.remaining), f"{_WORKDIR.value}/{sweep.COLLECTION_JSON}")
+               len(summary.remaining), f"{_WORKDIR.value}/{grid_sweep.COLLECTION_JSON}")
   if summary.failed:
     raise SystemExit(f"{len(summary.failed)} runs failed (logged above): "
                      + "; ".join(map(str, summary.failed)))

@@ -7,15 +7,14 @@ Batches are dicts `{'image': float [B, ...], 'label': int [B]}`; linen models ar
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
 import optax
 
 from prospr_jax.saliency.objective import BATCHNORM_MODES, BatchNormMode
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PyTree = Any
-KeyPath = tuple[Any, ...]
+from prospr_jax.tree_types import KeyPath, PyTree
+
 FilterFn = Callable[[KeyPath, Any], bool]
 Allocation = Literal["global", "uniform", "erk"]
 ALLOCATIONS = ("global", "uniform", "erk")
@@ -54,12 +54,6 @@ def kernel_filter(exclude: Sequence[str] = ()) -> FilterFn:
 
 default_filter: FilterFn = kernel_filter()
 """Every leaf with `ndim > 1` (conv and dense kernels) is prunable."""
-
-
-def prunable_paths(tree: PyTree, filter_fn: FilterFn = default_filter) -> list[str]:
-  """Returns the '/'-joined paths of the leaves of `tree` that `filter_fn` marks prunable."""
-  leaves = jax.tree_util.tree_leaves_with_path(tree)
-  return [path_str(p) for p, x in leaves if filter_fn(p, x)]
 
 
 def prunable_tree(tree: PyTree, filter_fn: FilterFn = default_filter) -> PyTree:

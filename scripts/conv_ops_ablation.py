@@ -1,4 +1,4 @@
-r"""Ablation of `prospr_jax.conv_ops` on one zoo setting, all variants side by side in one process.
+r"""Ablation of `prospr_jax.ops.conv_ops` on one zoo setting, all variants side by side in one process.
 
   PYTHONPATH=. .venv/bin/python scripts/conv_ops_ablation.py --model=resnet20_prospr \
       --input_shape=32,32,3 --variants=lax,conv_wgrad,conv_ops --memory_k=0
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 
 import jax

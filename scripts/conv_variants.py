@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from jax import lax
 
-from prospr_jax import conv_ops
+from prospr_jax.ops import conv_ops
 
 # pylint: disable=protected-access  (a variant swaps `conv_ops`' private weight-gradient lowering)
 
@@ -27,7 +27,7 @@ _SHIPPED = (conv_ops.conv_general_dilated, conv_ops._rhs_transpose)
 
 
 def use(name: str) -> None:
-  """Points `prospr_jax.conv_ops` at the variant `name` (one of `VARIANTS`)."""
+  """Points `prospr_jax.ops.conv_ops` at the variant `name` (one of `VARIANTS`)."""
   if name not in VARIANTS:
     raise ValueError(f"Unknown conv variant {name!r}; expected one of {VARIANTS}.")
   conv_ops.conv_general_dilated, conv_ops._rhs_transpose = _SHIPPED

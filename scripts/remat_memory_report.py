@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import jax
 from absl import app, flags
 
-from prospr_jax import provenance
+from prospr_jax.experiment import provenance
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
 import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top

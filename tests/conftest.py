@@ -45,7 +45,7 @@ def fashion_mnist_data_dir(tmp_path_factory) -> str:
   shares one copy (prepared under a file lock in the session's common temporary directory).
   Tests only read it.
   """
-  from prospr_jax.data import get_dataset_info  # pylint: disable=g-import-not-at-top (TF)
+  from prospr_jax.experiment.data import get_dataset_info  # pylint: disable=g-import-not-at-top (TF)
 
   base = tmp_path_factory.getbasetemp()
   # Under pytest-xdist each worker's base directory sits in the session's common one.

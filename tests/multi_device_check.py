@@ -23,7 +23,8 @@ import numpy as np
 import optax
 
 import prospr_jax as pj
-from prospr_jax import models, parallel, train
+from prospr_jax import models
+from prospr_jax.experiment import distributed, train
 from prospr_jax.adapters import LinenLoss
 
 
@@ -56,12 +57,12 @@ def main() -> None:
     _start_watchdog(float(sys.argv[1]))
   jax.config.update("jax_cpu_enable_async_dispatch", False)
   assert jax.device_count() == 4, jax.devices()
-  mesh = parallel.data_mesh()
+  mesh = distributed.data_mesh()
   one_device = jax.devices()[0]
   # (place params/state, place a batch): on one device, or replicated/sharded over the mesh.
   placements = [
       (lambda t: jax.device_put(t, one_device), lambda b: jax.device_put(b, one_device)),
-      (lambda t: parallel.replicate(t, mesh), lambda b: parallel.shard_batch(b, mesh)),
+      (lambda t: distributed.replicate(t, mesh), lambda b: distributed.shard_batch(b, mesh)),
   ]
   model = models.get_model("small_convnet", 10)
   rng = np.random.default_rng(0)

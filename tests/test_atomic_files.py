@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from prospr_jax import atomic_files
+from prospr_jax.experiment import atomic_files
 
 
 def test_write_json_replaces_the_file(tmp_path):

@@ -9,7 +9,8 @@ import pytest
 import prospr_jax as pj
 from configs import test as test_config
 from conftest import TinyBNCNN, make_batches
-from prospr_jax import models, parallel, prune_config, structured, train
+from prospr_jax import models, structured
+from prospr_jax.experiment import distributed, prune_config, train
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import registry
 
@@ -92,7 +93,7 @@ def test_prune_at_init_scores_in_the_configured_mode(monkeypatch, variables, met
   config.prune.update(method=method, structured=structured_, batchnorm_mode=override,
                       batch_size=4)
   train.prune_at_init(config, TinyBNCNN(), variables, (6, 6, 2), jax.random.PRNGKey(2),
-                      parallel.data_mesh())
+                      distributed.data_mesh())
   scorer = seen["apply_fn"] if method == "synflow" else seen["loss_fn"]
   assert scorer.bn_mode == expected
 

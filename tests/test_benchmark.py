@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import pytest
 from conftest import import_experiment
 
-from prospr_jax import models, provenance
+from prospr_jax import models
+from prospr_jax.experiment import provenance
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def test_library_and_benchmarks_import_no_tensorflow_tfds_or_ml_collections():
   code = """
 import sys
 sys.path.append("experiments")
-import prospr_jax, prospr_jax.training, gpu_benchmark  # imports benchmark
+import prospr_jax, prospr_jax.experiment.train_step, gpu_benchmark  # imports benchmark
 from prospr_jax.saliency.prospr import meta_gradient
 bad = [m for m in ("tensorflow", "tensorflow_datasets", "ml_collections") if m in sys.modules]
 assert not bad, bad

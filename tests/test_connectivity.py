@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prospr_jax import connectivity
+from prospr_jax.analysis import connectivity
 from prospr_jax.adapters import LinenApply
 
 

@@ -1,4 +1,4 @@
-"""Tests for `prospr_jax.conv_ops`: `lax.conv_general_dilated`'s values and derivatives of every
+"""Tests for `prospr_jax.ops.conv_ops`: `lax.conv_general_dilated`'s values and derivatives of every
 order, computed by the three bilinear primitives; and where they are (not) used."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from prospr_jax import conv_ops
+from prospr_jax.ops import conv_ops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 

@@ -9,8 +9,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from prospr_jax.data import eval_batches, get_dataset_info, train_batches  # noqa: E402
-from prospr_jax.data import fashion_mnist_local, input_pipeline  # noqa: E402
+from prospr_jax.experiment.data import eval_batches, get_dataset_info, train_batches  # noqa: E402
+from prospr_jax.experiment.data import fashion_mnist_local, input_pipeline  # noqa: E402
 
 FMNIST_DIR = pathlib.Path(fashion_mnist_local.DEFAULT_SOURCE_DIR)
 needs_fmnist = pytest.mark.skipif(

@@ -22,7 +22,7 @@ import numpy as np
 
 import process_group  # tests/ is on sys.path (pytest's rootdir-relative import)
 from configs import test as test_config
-from prospr_jax import train
+from prospr_jax.experiment import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _OVERRIDES = {"train.num_epochs": 2, "train.checkpoint_every_steps": 5}

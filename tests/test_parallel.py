@@ -15,7 +15,7 @@ import pytest
 
 import multi_device_check  # tests/ is on sys.path (pytest's rootdir-relative import)
 from configs import default as default_config
-from prospr_jax import parallel, train
+from prospr_jax.experiment import distributed, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -116,16 +116,16 @@ def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path, fashion_mn
 
 def test_cluster_fields_without_enabled_are_refused():
   config = default_config.get_config().distributed
-  parallel.initialize_distributed(config)  # disabled, nothing set: a single-process run
+  distributed.initialize_distributed(config)  # disabled, nothing set: a single-process run
   config.coordinator_address, config.process_id = "10.0.0.1:1234", 1
   with pytest.raises(ValueError, match=r"config.distributed.\{coordinator_address, process_id\} "
                                        "set but config.distributed.enabled is False"):
-    parallel.initialize_distributed(config)
+    distributed.initialize_distributed(config)
 
 
 def test_one_process_feeds_every_row_of_the_global_batch():
-  mesh = parallel.data_mesh()
-  assert parallel.process_rows(96, mesh) == slice(0, 96)
+  mesh = distributed.data_mesh()
+  assert distributed.process_rows(96, mesh) == slice(0, 96)
   with pytest.raises(ValueError, match=r"batch size 7 \(global, over all processes\) must be "
                                        r"divisible by the number of devices"):
-    parallel.check_batch_size(7, types.SimpleNamespace(size=2))  # a mesh of 2 devices
+    distributed.check_batch_size(7, types.SimpleNamespace(size=2))  # a mesh of 2 devices

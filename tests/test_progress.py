@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from prospr_jax import progress
+from prospr_jax.experiment import progress
 
 
 @pytest.mark.parametrize("seconds, text", [(0.4, "0s"), (42, "42s"), (185, "3m 05s"),
@@ -54,7 +54,7 @@ def test_show_on_prints_the_library_lines_without_absl():
   stream = io.StringIO()
   progress.show_on(stream)
   try:
-    logging.getLogger("prospr_jax.train").info("step %d", 5)
+    logging.getLogger("prospr_jax.experiment.train").info("step %d", 5)
     logging.getLogger("orbax").info("not shown here")
   finally:
     logger = logging.getLogger(progress.LOGGER)

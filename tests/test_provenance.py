@@ -4,8 +4,8 @@ import subprocess
 
 import jax
 
-from prospr_jax import provenance
-from prospr_jax.provenance import _SOURCE_DIR
+from prospr_jax.experiment import provenance
+from prospr_jax.experiment.provenance import _SOURCE_DIR
 
 
 def test_provenance_names_this_checkouts_commit_and_the_versions():

@@ -11,7 +11,7 @@ from ml_collections import config_flags
 
 import prospr_jax as pj
 from configs import default
-from prospr_jax import prune_config
+from prospr_jax.experiment import prune_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "test.py"

@@ -26,7 +26,8 @@ import pytest
 import prospr_jax as pj
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import snip, synflow
-from prospr_jax.saliency.objective import BatchNormMode, PyTree
+from prospr_jax.saliency.objective import BatchNormMode
+from prospr_jax.tree_types import PyTree
 
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"
 MODELS = ("cnn", "mlp")

@@ -8,7 +8,9 @@ import pytest
 import prospr_jax as pj
 from conftest import make_batches, mlp_loss, mlp_params
 from configs import test as test_config
-from prospr_jax import models, parallel, sanity, train
+from prospr_jax import models
+from prospr_jax.experiment import distributed, train
+from prospr_jax.analysis import sanity
 
 
 def _counts(masks):
@@ -71,7 +73,7 @@ def _find(check, data_dir=None):
   model = models.get_model(config.model, 10)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
   masks, meta = train.find_masks(config, model, variables, (28, 28, 1), jax.random.PRNGKey(1),
-                                 parallel.data_mesh())
+                                 distributed.data_mesh())
   return variables["params"], masks, meta
 
 

@@ -14,7 +14,9 @@ import optax
 import pytest
 
 from conftest import eval_logits, masked_variables, random_variables
-from prospr_jax import compaction, structured, train
+from prospr_jax.models import zoo_compaction
+from prospr_jax import structured
+from prospr_jax.experiment import train
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenLoss
 from prospr_jax.models import get_model
@@ -189,7 +191,7 @@ def test_compacted_outputs_equal_masked_outputs(name):
   model, shape = MODELS[name]()
   variables, batch = _setup(model, shape)
   masks = _random_masks(model, variables, shape)
-  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
+  small, small_vars = zoo_compaction.compact(model, variables, masks, batch["image"])
   masked_logits = eval_logits(model, masked_variables(variables, masks), batch["image"])
   small_logits = eval_logits(small, small_vars, batch["image"])
   np.testing.assert_allclose(small_logits, masked_logits, rtol=1e-5, atol=1e-5)
@@ -215,7 +217,7 @@ def test_masking_kernel_outputs_alone_would_leave_pruned_channels_alive():
     return np.ones(x.shape, bool)
 
   naive_masks = jax.tree_util.tree_map_with_path(naive, params)
-  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
+  small, small_vars = zoo_compaction.compact(model, variables, masks, batch["image"])
   wrong = eval_logits(model, masked_variables(variables, naive_masks), batch["image"])
   assert not np.allclose(eval_logits(small, small_vars, batch["image"]), wrong, atol=1e-3)
 
@@ -239,7 +241,7 @@ def test_compaction_after_masked_training():
   for _ in range(3):
     params, stats, opt_state = step(params, stats, opt_state)
   trained = {"params": params, "batch_stats": stats}
-  small, small_vars = compaction.compact(model, trained, masks, batch["image"])
+  small, small_vars = zoo_compaction.compact(model, trained, masks, batch["image"])
   np.testing.assert_allclose(
       eval_logits(small, small_vars, batch["image"]),
       eval_logits(model, trained, batch["image"]), rtol=1e-5, atol=1e-5)
@@ -250,10 +252,10 @@ def test_save_and_load_roundtrip(tmp_path):
     model, shape = MODELS[name]()
     variables, batch = _setup(model, shape)
     masks = _random_masks(model, variables, shape)
-    small, small_vars = compaction.compact(model, variables, masks, batch["image"])
-    compaction.save(tmp_path / name, small, small_vars)
-    loaded, loaded_vars = compaction.load(tmp_path / name)
-    assert compaction.model_spec(loaded) == compaction.model_spec(small)
+    small, small_vars = zoo_compaction.compact(model, variables, masks, batch["image"])
+    zoo_compaction.save(tmp_path / name, small, small_vars)
+    loaded, loaded_vars = zoo_compaction.load(tmp_path / name)
+    assert zoo_compaction.model_spec(loaded) == zoo_compaction.model_spec(small)
     np.testing.assert_array_equal(eval_logits(loaded, loaded_vars, batch["image"]),
                                   eval_logits(small, small_vars, batch["image"]))
 
@@ -340,7 +342,7 @@ def test_param_and_mac_counts_match_independent_counts(name, counts):
   model, shape = MODELS[name]()
   variables, batch = _setup(model, shape)
   masks = _random_masks(model, variables, shape, sparsity=0.6)
-  small, small_vars = compaction.compact(model, variables, masks, batch["image"])
+  small, small_vars = zoo_compaction.compact(model, variables, masks, batch["image"])
   expected_params, expected_macs = counts(masks)
   assert structured.count_params(small_vars["params"]) == expected_params
   # ... = the weights surviving in the masked model (random BN params are all nonzero).
@@ -565,7 +567,7 @@ def test_compacting_non_group_masks_is_a_clear_error():
   kept = int(np.argmax(_channel_mask(masks, "conv2/bn/scale")))
   masks["conv2"]["bn"]["bias"] = masks["conv2"]["bn"]["bias"].at[kept].set(False)
   with pytest.raises(ValueError, match="conv2/conv.*not channel-group masks"):
-    compaction.compact(model, variables, masks, _example(shape))
+    zoo_compaction.compact(model, variables, masks, _example(shape))
   masks = jax.tree.map(jnp.ones_like, masks)
   masks["conv3"] = jax.tree.map(jnp.zeros_like, masks["conv3"])
   with pytest.raises(ValueError, match="'conv3/conv' keeps no channel"):

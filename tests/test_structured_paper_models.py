@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from conftest import eval_logits, masked_variables, random_variables
-from prospr_jax import compaction, structured
+from prospr_jax.models import zoo_compaction
+from prospr_jax import structured
 from prospr_jax.models import get_model
 
 RESNET_SHAPE = (8, 8, 3)  # stage 3 at 2x2
@@ -183,11 +184,11 @@ def test_resnet20_prospr_zoo_compaction_is_refused_with_the_program_alternative(
   variables = random_variables(model, RESNET_SHAPE)
   masks = jax.tree.map(lambda p: np.ones(p.shape, bool), variables["params"])
   x = _batches(RESNET_SHAPE)[0]["image"]
-  with pytest.raises(compaction.UnsupportedModelError,
+  with pytest.raises(zoo_compaction.UnsupportedModelError,
                      match=r"'zero_pad' shortcuts.*structured\.compact"):
-    compaction.compact(model, variables, masks, x)
-  with pytest.raises(compaction.UnsupportedModelError):
-    compaction.model_spec(model)
+    zoo_compaction.compact(model, variables, masks, x)
+  with pytest.raises(zoo_compaction.UnsupportedModelError):
+    zoo_compaction.model_spec(model)
 
 
 # --- VGG-16 with conv biases. -----------------------------------------------------------------
@@ -222,10 +223,10 @@ def test_vgg16_prospr_structured_prospr_and_compaction(tmp_path):
     assert small.params[f"conv{i}"]["conv"]["bias"].shape == (kept,)
   # The zoo's constructor-based compaction: a smaller vgg16_prospr (conv biases kept) that
   # saves and loads.
-  zoo_model, zoo_variables = compaction.compact(model, variables, masks, x)
+  zoo_model, zoo_variables = zoo_compaction.compact(model, variables, masks, x)
   assert zoo_model.conv_bias
-  compaction.save(tmp_path, zoo_model, zoo_variables)
-  loaded, loaded_variables = compaction.load(tmp_path)
+  zoo_compaction.save(tmp_path, zoo_model, zoo_variables)
+  loaded, loaded_variables = zoo_compaction.load(tmp_path)
   np.testing.assert_allclose(eval_logits(loaded, loaded_variables, x), small(x), rtol=1e-5,
                              atol=1e-5)
 
@@ -240,5 +241,5 @@ def test_resnet18_prospr_has_the_groups_of_the_zoo_resnet18():
     groups[name] = {n: (_slots(g.members), _slots(g.consumers))
                     for n, g in _groups(model, _abstract_variables(model, shape), shape).items()}
   assert groups["resnet18_prospr"] == groups["resnet18"]
-  assert compaction.model_spec(get_model("resnet18_prospr", 200)) == compaction.model_spec(
+  assert zoo_compaction.model_spec(get_model("resnet18_prospr", 200)) == zoo_compaction.model_spec(
       get_model("resnet18", 200))

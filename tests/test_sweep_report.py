@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prospr_jax import report, sweep
+from prospr_jax.experiment import study_report, grid_sweep
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,12 +41,12 @@ class FakeRun:
         "prune_seconds": 0.1, "train_seconds": 1.0, "history": [],
     }
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, sweep.RESULTS_FILE), "w") as f:
+    with open(os.path.join(workdir, grid_sweep.RESULTS_FILE), "w") as f:
       json.dump(results, f)
     return results
 
 
-GRID = sweep.expand_grid(["snip", "magnitude"], [0.9, 0.99], [0, 1], include_dense=True)
+GRID = grid_sweep.expand_grid(["snip", "magnitude"], [0.9, 0.99], [0, 1], include_dense=True)
 
 
 def test_expand_grid_and_run_dirs():
@@ -54,17 +54,17 @@ def test_expand_grid_and_run_dirs():
   assert len(set(GRID)) == len(GRID)
   assert sum(p.is_dense for p in GRID) == 2
   dense, pruned = GRID[0], GRID[1]
-  assert sweep.run_dir("/r", dense) == os.path.join("/r", "dense", "seed0")
-  assert sweep.run_dir("/r", pruned) == os.path.join("/r", "snip", "s0.9", "seed0")
-  assert sweep.expand_grid(["snip"], [0.9], [0], include_dense=False) == [
-      sweep.GridPoint("snip", 0.9, 0)]
+  assert grid_sweep.run_dir("/r", dense) == os.path.join("/r", "dense", "seed0")
+  assert grid_sweep.run_dir("/r", pruned) == os.path.join("/r", "snip", "s0.9", "seed0")
+  assert grid_sweep.expand_grid(["snip"], [0.9], [0], include_dense=False) == [
+      grid_sweep.GridPoint("snip", 0.9, 0)]
   with pytest.raises(ValueError, match="outside"):
-    sweep.expand_grid(["snip"], [1.0], [0])
+    grid_sweep.expand_grid(["snip"], [1.0], [0])
 
 
 def test_point_config_copies():
   base = small_config()
-  cfg = sweep.point_config(base, sweep.GridPoint("snip", 0.99, 3))
+  cfg = grid_sweep.point_config(base, grid_sweep.GridPoint("snip", 0.99, 3))
   assert (cfg.prune.method, cfg.prune.sparsity, cfg.seed) == ("snip", 0.99, 3)
   assert (base.prune.method, base.prune.sparsity, base.seed) == ("prospr", 0.5, 0)
 
@@ -73,49 +73,49 @@ def test_sweep_resumes_and_runs_in_chunks(tmp_path):
   root = str(tmp_path)
   fake = FakeRun()
 
-  first = sweep.run_sweep(small_config(), root, GRID, run_fn=fake, max_runs=3)
+  first = grid_sweep.run_sweep(small_config(), root, GRID, run_fn=fake, max_runs=3)
   assert len(fake.calls) == 3 and len(first.ran) == 3 and len(first.remaining) == len(GRID) - 3
-  assert len(sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))) == 3
+  assert len(grid_sweep.load_collection(os.path.join(root, grid_sweep.COLLECTION_JSON))) == 3
 
-  second = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  second = grid_sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
   assert len(fake.calls) == len(GRID) and len(set(fake.calls)) == len(GRID)
   assert len(second.skipped) == 3 and not second.remaining
 
-  third = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  third = grid_sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
   assert len(fake.calls) == len(GRID), "a finished sweep must not run anything again"
   assert len(third.skipped) == len(GRID) and not third.ran
 
-  records = sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))
+  records = grid_sweep.load_collection(os.path.join(root, grid_sweep.COLLECTION_JSON))
   assert {(r["method"], r["sparsity"], r["seed"]) for r in records} == {
       (p.method, p.sparsity, p.seed) for p in GRID}
   snip = next(r for r in records if r["method"] == "snip" and r["sparsity"] == 0.99)
   assert snip["density_total"] == pytest.approx(0.01)
   assert set(snip["layer_density"]) == set(LAYERS)
-  with open(os.path.join(root, sweep.COLLECTION_CSV)) as f:
+  with open(os.path.join(root, grid_sweep.COLLECTION_CSV)) as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == len(GRID) and tuple(rows[0]) == sweep.CSV_FIELDS
+  assert len(rows) == len(GRID) and tuple(rows[0]) == grid_sweep.CSV_FIELDS
 
 
 def test_truncated_results_are_redone(tmp_path):
   root, fake = str(tmp_path), FakeRun()
-  point = sweep.GridPoint("snip", 0.9, 0)
-  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
-  path = os.path.join(sweep.run_dir(root, point), sweep.RESULTS_FILE)
+  point = grid_sweep.GridPoint("snip", 0.9, 0)
+  grid_sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  path = os.path.join(grid_sweep.run_dir(root, point), grid_sweep.RESULTS_FILE)
   with open(path, "r+") as f:
     f.truncate(20)  # as if the run was killed while writing
-  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  grid_sweep.run_sweep(small_config(), root, [point], run_fn=fake)
   assert len(fake.calls) == 2
-  assert sweep.read_results(sweep.run_dir(root, point)) is not None
+  assert grid_sweep.read_results(grid_sweep.run_dir(root, point)) is not None
 
 
 def test_results_of_another_config_are_refused(tmp_path):
   root, fake = str(tmp_path), FakeRun()
-  point = sweep.GridPoint("snip", 0.9, 0)
-  sweep.run_sweep(small_config(), root, [point], run_fn=fake)
+  point = grid_sweep.GridPoint("snip", 0.9, 0)
+  grid_sweep.run_sweep(small_config(), root, [point], run_fn=fake)
   other = small_config()
   other.train.num_epochs = 2
   with pytest.raises(ValueError, match="train.num_epochs"):
-    sweep.run_sweep(other, root, [point], run_fn=fake)
+    grid_sweep.run_sweep(other, root, [point], run_fn=fake)
   assert len(fake.calls) == 1
 
 
@@ -127,17 +127,17 @@ def test_failed_run_does_not_stop_the_sweep(tmp_path):
       raise RuntimeError("layer collapse")
     return fake(config, workdir)
 
-  summary = sweep.run_sweep(small_config(), root, GRID, run_fn=flaky, max_runs=4)
+  summary = grid_sweep.run_sweep(small_config(), root, GRID, run_fn=flaky, max_runs=4)
   assert summary.attempted == 4 and len(summary.failed) + len(summary.ran) == 4
   assert all(p.method == "snip" for p in summary.failed) and len(fake.calls) == len(summary.ran)
-  again = sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
+  again = grid_sweep.run_sweep(small_config(), root, GRID, run_fn=fake)
   assert set(again.ran) == set(GRID) - set(summary.ran), "failed runs are retried"
 
 
 def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch, fashion_mnist_data_dir):
   """Real training on configs/test.py: 'dense' and 'magnitude', then a resume that runs nothing.
 
-  Uses `run_sweep`'s default run_fn, so a broken `prospr_jax.train` fails here (not skipped).
+  Uses `run_sweep`'s default run_fn, so a broken `prospr_jax.experiment.train` fails here (not skipped).
   """
   monkeypatch.syspath_prepend(str(REPO_ROOT))
   from configs import test as test_config  # pylint: disable=g-import-not-at-top
@@ -145,13 +145,13 @@ def test_sweep_end_to_end_with_real_training(tmp_path, monkeypatch, fashion_mnis
   root = str(tmp_path)
   config = test_config.get_config()
   config.data_dir = fashion_mnist_data_dir
-  grid = sweep.expand_grid(["magnitude"], [0.9], [0], include_dense=True)
-  first = sweep.run_sweep(config, root, grid)
+  grid = grid_sweep.expand_grid(["magnitude"], [0.9], [0], include_dense=True)
+  first = grid_sweep.run_sweep(config, root, grid)
   assert len(first.ran) == 2
-  second = sweep.run_sweep(config, root, grid)
+  second = grid_sweep.run_sweep(config, root, grid)
   assert not second.ran and len(second.skipped) == 2
   records = {r["method"]: r for r in
-             sweep.load_collection(os.path.join(root, sweep.COLLECTION_JSON))}
+             grid_sweep.load_collection(os.path.join(root, grid_sweep.COLLECTION_JSON))}
   assert set(records) == {"dense", "magnitude"}
   assert records["dense"]["density_total"] == pytest.approx(1.0)
   assert records["magnitude"]["density_total"] == pytest.approx(0.1, abs=1e-3)
@@ -191,7 +191,7 @@ def expected_cell(values) -> str:
 
 
 def test_results_table_cells_and_bolding():
-  table = report.results_table(synthetic_records())
+  table = study_report.results_table(synthetic_records())
   assert "ddof=1" in table
   rows = parse_table(table)
   header = next(k for k in rows if k.startswith("method"))
@@ -206,7 +206,7 @@ def test_results_table_cells_and_bolding():
 def test_results_table_marks_missing_seeds():
   records = [r for r in synthetic_records()
              if not (r["method"] == "snip" and r["sparsity"] == 0.99 and r["seed"] == 1)]
-  rows = parse_table(report.results_table(records))
+  rows = parse_table(study_report.results_table(records))
   assert rows["snip"][1] == f"{100 * ACCURACY[('snip', 0.99)][0]:.2f} (n=1)"
   assert "(n=" not in rows["prospr"][1]
 
@@ -219,52 +219,52 @@ def assert_png(path):
 
 
 def test_write_report(tmp_path):
-  paths = report.write_report(synthetic_records(), str(tmp_path))
+  paths = study_report.write_report(synthetic_records(), str(tmp_path))
   names = [os.path.basename(p) for p in paths]
-  assert names == [report.TABLE_FILE, report.ACCURACY_PLOT_FILE, report.DENSITY_PLOT_FILE]
-  assert (tmp_path / report.TABLE_FILE).read_text().count("**") == 4
+  assert names == [study_report.TABLE_FILE, study_report.ACCURACY_PLOT_FILE, study_report.DENSITY_PLOT_FILE]
+  assert (tmp_path / study_report.TABLE_FILE).read_text().count("**") == 4
   for path in paths[1:]:
     assert_png(path)
 
 
 def test_layer_densities_default_and_missing_sparsity():
-  layers, densities = report.layer_densities(synthetic_records(), 0.99)
+  layers, densities = study_report.layer_densities(synthetic_records(), 0.99)
   assert layers == list(LAYERS) and set(densities) == {"prospr", "snip"}
   np.testing.assert_allclose(densities["snip"], [0.01 * (i + 1) / 2 + 0.005 for i in range(3)])
   with pytest.raises(ValueError, match="No per-layer densities"):
-    report.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
+    study_report.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
 
 
 def test_arms_set_their_modifiers_and_run_dirs():
   base = small_config()
   base.prune.allocation = "global"
   base.prune.sanity_check = None
-  grid = sweep.expand_grid(["prospr+shuffle", "random+erk", "dense+x2"], [0.9], [0],
+  grid = grid_sweep.expand_grid(["prospr+shuffle", "random+erk", "dense+x2"], [0.9], [0],
                            include_dense=True)
   assert [str(p) for p in grid] == [
       "dense seed=0", "dense+x2 seed=0", "prospr+shuffle sparsity=0.9 seed=0",
       "random+erk sparsity=0.9 seed=0"]
-  dense_x2, shuffle, erk = (sweep.point_config(base, p) for p in grid[1:])
+  dense_x2, shuffle, erk = (grid_sweep.point_config(base, p) for p in grid[1:])
   assert (dense_x2.prune.method, dense_x2.train.num_epochs, dense_x2.sweep_arm) == (
       "dense", 2, "dense+x2")
   assert (shuffle.prune.method, shuffle.prune.sanity_check) == ("prospr", "shuffle")
   assert (erk.prune.method, erk.prune.allocation) == ("random", "erk")
   assert base.train.num_epochs == 1 and base.prune.sanity_check is None
-  assert sweep.run_dir("/r", grid[1]) == os.path.join("/r", "dense+x2", "seed0")
-  assert sweep.run_dir("/r", grid[2]) == os.path.join("/r", "prospr+shuffle", "s0.9", "seed0")
+  assert grid_sweep.run_dir("/r", grid[1]) == os.path.join("/r", "dense+x2", "seed0")
+  assert grid_sweep.run_dir("/r", grid[2]) == os.path.join("/r", "prospr+shuffle", "s0.9", "seed0")
   with pytest.raises(ValueError, match="Bad sweep arm 'snip\\+shufle'"):
-    sweep.expand_grid(["snip+shufle"], [0.9], [0])
+    grid_sweep.expand_grid(["snip+shufle"], [0.9], [0])
 
 
 def test_records_carry_arm_connectivity_and_commit():
-  config = sweep.point_config(small_config(), sweep.GridPoint("prospr+shuffle", 0.9, 1))
+  config = grid_sweep.point_config(small_config(), grid_sweep.GridPoint("prospr+shuffle", 0.9, 1))
   results = {
       "config": json.loads(config.to_json()), "final_test_top1": 0.5,
       "connectivity": {"effective_density/total": 0.07, "inactive_fraction": 0.3,
                        "empty_layers": [], "disconnected_layers": ["a", "b"]},
       "provenance": {"git_commit": "abc", "git_dirty": False},
   }
-  record = sweep.record_from_results(results)
+  record = grid_sweep.record_from_results(results)
   assert (record["method"], record["prune_method"], record["sparsity"], record["seed"]) == (
       "prospr+shuffle", "prospr", 0.9, 1)
   assert (record["effective_density_total"], record["inactive_fraction"],
@@ -283,7 +283,7 @@ def test_paired_differences_and_student_t_interval():
   records = ([_record("prospr", 0.9, s, a) for s, a in enumerate(prospr)]
              + [_record("snip", 0.9, s, a) for s, a in enumerate(snip)]
              + [_record("snip", 0.99, 0, 0.5), _record("prospr", 0.99, 0, 0.6)])
-  diffs = report.paired_differences(records)
+  diffs = study_report.paired_differences(records)
   d = 100 * (np.array(prospr) - np.array(snip))  # [2, 3, -1]
   half = 4.302652729911275 * d.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 dof)
   got = diffs[("snip", 0.9)]
@@ -291,20 +291,20 @@ def test_paired_differences_and_student_t_interval():
   assert (got.low, got.high) == pytest.approx((d.mean() - half, d.mean() + half))
   single = diffs[("snip", 0.99)]
   assert single.n == 1 and single.mean == pytest.approx(10.0) and np.isnan(single.low)
-  rows = parse_table(report.paired_table(records))
-  assert rows["snip"] == [report.format_interval(got), "+10.00 (n=1)"]
+  rows = parse_table(study_report.paired_table(records))
+  assert rows["snip"] == [study_report.format_interval(got), "+10.00 (n=1)"]
 
 
 def test_report_refuses_mixed_commits_unless_allowed(tmp_path):
   records = [_record("prospr", 0.9, 0, 0.8, "c1"), _record("snip", 0.9, 0, 0.7, "c2")]
   with pytest.raises(ValueError, match=r"2 commit\(s\).*c1: \['prospr'\].*c2: \['snip'\]"):
-    report.write_report(records, str(tmp_path))
+    study_report.write_report(records, str(tmp_path))
   dirty = [_record("prospr", 0.9, 0, 0.8), {**_record("snip", 0.9, 0, 0.7), "git_dirty": True}]
   with pytest.raises(ValueError, match="1 run\\(s\\) from a modified tree"):
-    report.check_provenance(dirty)
-  assert report.check_provenance(records, allow_mixed=True) == ["c1", "c2"]
-  report.write_report(records, str(tmp_path), allow_mixed_commits=True)
-  assert "c1, c2" in (tmp_path / report.TABLE_FILE).read_text()
+    study_report.check_provenance(dirty)
+  assert study_report.check_provenance(records, allow_mixed=True) == ["c1", "c2"]
+  study_report.write_report(records, str(tmp_path), allow_mixed_commits=True)
+  assert "c1, c2" in (tmp_path / study_report.TABLE_FILE).read_text()
 
 
 def test_report_sections_for_a_study(tmp_path):
@@ -314,8 +314,8 @@ def test_report_sections_for_a_study(tmp_path):
     records += [_record(method, 0.98, s, acc, effective_density_total=0.015,
                         inactive_fraction=0.25, num_disconnected_layers=int(s == 1),
                         prune_seconds=2.0 + s) for s in range(2)]
-  report.write_report(records, str(tmp_path))
-  text = (tmp_path / report.TABLE_FILE).read_text()
+  study_report.write_report(records, str(tmp_path))
+  text = (tmp_path / study_report.TABLE_FILE).read_text()
   main = parse_table(text.split("\n\n")[2])
   assert "prospr+shuffle" not in main and set(main) >= {"dense", "prospr", "snip"}
   assert "| snip | +1.00 [+1.00, +1.00] |" in text

@@ -9,7 +9,7 @@ import pytest
 
 import prospr_jax as pj
 from configs import test as test_config
-from prospr_jax import train
+from prospr_jax.experiment import train
 
 
 def _config(data_dir, **prune):

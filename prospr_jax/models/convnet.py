@@ -13,7 +13,7 @@ Conventions shared by every convolutional model in `prospr_jax.models`:
   as the ProsPr authors' PyTorch code (`torch_init.py`).
 * Padding is explicit, `kernel_size // 2` on each side like PyTorch, so strided convolutions
   sample the same positions as the PyTorch models (Flax's 'SAME' pads asymmetrically).
-* Every conv computes with `prospr_jax.conv_ops.conv_general_dilated`: `lax`'s values, but
+* Every conv computes with `prospr_jax.ops.conv_ops.conv_general_dilated`: `lax`'s values, but
   on XLA:CPU its derivatives of every order (ProsPr's backprop through backprop) stay standard
   convolutions; on other backends it is `lax.conv_general_dilated` itself.
 * BatchNorm is `nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)`;
@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prospr_jax import conv_ops
+from prospr_jax.ops import conv_ops
 
 Initializer = jax.nn.initializers.Initializer
 

@@ -22,7 +22,7 @@ through the later stages at offsets (see `tests/test_structured_paper_models.py`
 Block modules are named `stage{s}_block{b}` (s from 1, b from 0), the stem `stem_conv` /
 `stem_bn`, the classifier `head`.
 
-Width overrides (for channel-pruned, compacted models, see `prospr_jax.compaction`): a block's
+Width overrides (for channel-pruned, compacted models, see `prospr_jax.models.zoo_compaction`): a block's
 `widths` gives the output channels of its convs, and `ResNet.stem_width` / `block_widths`
 set them for the whole network. Whether a block has a projection shortcut is decided from the
 nominal widths (`stage_features`), never from the overridden ones, so a compacted model keeps

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.saliency.objective import PyTree, StatefulLossFn
+from prospr_jax.tree_types import PyTree
+from prospr_jax.saliency.objective import StatefulLossFn
 
 
 def restrict(tree: PyTree, prunable: tuple[bool, ...]) -> PyTree:

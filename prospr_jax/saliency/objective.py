@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 StatefulLossFn = Callable[[PyTree, PyTree, PyTree], tuple[jax.Array, PyTree]]
 PlainLossFn = Callable[[PyTree, PyTree], jax.Array]
 BatchNormMode = Literal["train", "eval"]

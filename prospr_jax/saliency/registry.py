@@ -10,9 +10,10 @@ from typing import Any
 import jax
 
 from prospr_jax import masks as masks_lib
-from prospr_jax import sanity
+from prospr_jax.analysis import sanity
 from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
-from prospr_jax.saliency.objective import BatchNormMode, PyTree
+from prospr_jax.saliency.objective import BatchNormMode
+from prospr_jax.tree_types import PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +196,7 @@ def prune(
     allocation, min_kept_per_layer: see `masks_from_scores`.
     invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
       lowest-scored weights, as many as the method would keep there (one-shot methods only;
-      see `prospr_jax.sanity.invert_selection`).
+      see `prospr_jax.analysis.sanity.invert_selection`).
     **options: the method's options (`METHODS[method].options`): `num_steps`, `optimizer`,
       `remat` (ProsPr), `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
 

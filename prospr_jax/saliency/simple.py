@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.tree_types import PyTree
 
 
 def magnitude_scores(params: PyTree) -> PyTree:

@@ -9,7 +9,8 @@ import jax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.saliency.objective import PyTree, StatefulLossFn
+from prospr_jax.tree_types import PyTree
+from prospr_jax.saliency.objective import StatefulLossFn
 
 SelectFn = Callable[..., PyTree]
 """`select(scores, sparsity, eligible=None) -> bool masks`, e.g. a partial of `masks_from_scores`."""

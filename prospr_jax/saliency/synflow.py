@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.tree_types import PyTree
 from prospr_jax.saliency.snip import SelectFn, kept_fraction_schedule
 
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]

@@ -23,7 +23,7 @@ from prospr_jax.structured.compaction import (
     count_params,
 )
 from prospr_jax.structured.groups import ChannelGroup, Slot, channel_groups, num_channels
-from prospr_jax.structured.masks import channels_from_masks, expand_masks, select_channels
+from prospr_jax.structured.channel_masks import channels_from_masks, expand_masks, select_channels
 from prospr_jax.structured.prune import TracedModel, group_scores, structured_prune, trace_model
 from prospr_jax.structured.scoring import STRUCTURED_METHODS, gate_tree
 from prospr_jax.structured.tracing import (

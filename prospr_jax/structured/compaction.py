@@ -33,12 +33,12 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from prospr_jax import conv_ops
+from prospr_jax.ops import conv_ops
 from prospr_jax import masks as masks_lib
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.tree_types import PyTree
 from prospr_jax.structured.groups import group_roots
-from prospr_jax.structured.masks import channels_from_masks
-from prospr_jax.structured.models import NnxApply
+from prospr_jax.structured.channel_masks import channels_from_masks
+from prospr_jax.structured.pure_models import NnxApply
 from prospr_jax.structured.prune import Model, TracedModel, trace_model
 from prospr_jax.structured.tracing import (
     NESTED, ChannelTrace, Labels, Site, conv_layout, user_source_line)

@@ -19,11 +19,12 @@ from flax import nnx
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.saliency.objective import PyTree, StatefulLossFn
+from prospr_jax.tree_types import PyTree
+from prospr_jax.saliency.objective import StatefulLossFn
 from prospr_jax.structured import scoring
 from prospr_jax.structured.groups import ChannelGroup, channel_groups
-from prospr_jax.structured.masks import check_allocation, expand_masks, select_channels
-from prospr_jax.structured.models import PureModel, as_pure_model
+from prospr_jax.structured.channel_masks import check_allocation, expand_masks, select_channels
+from prospr_jax.structured.pure_models import PureModel, as_pure_model
 from prospr_jax.structured.tracing import ChannelTrace, trace_channels
 
 Model = nn.Module | nnx.Module | Callable[[PyTree, Any], Any]

@@ -45,9 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from prospr_jax import conv_ops
+from prospr_jax.ops import conv_ops
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 Labels = tuple[np.ndarray | None, ...]
 """Per axis: the atom of each position, or `None` (the axis carries no channels)."""
 LeafAxis = tuple[int, int]

@@ -20,16 +20,18 @@ import orbax.checkpoint as ocp
 from flax.metrics import tensorboard
 from jax.sharding import Mesh
 
-from prospr_jax import atomic_files
-from prospr_jax import data as data_lib
+from prospr_jax.experiment import atomic_files
+from prospr_jax.experiment import data as data_lib
 from prospr_jax import masks as masks_lib
-from prospr_jax import connectivity, models, parallel, progress, provenance, prune_config, sanity
+from prospr_jax.analysis import connectivity, sanity
+from prospr_jax import models
+from prospr_jax.experiment import distributed, progress, provenance, prune_config
 from prospr_jax import structured
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import registry
-from prospr_jax.training import TrainState, learning_rate_schedule, make_optimizer, train_step
+from prospr_jax.experiment.train_step import TrainState, learning_rate_schedule, make_optimizer, train_step
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 DENSE = prune_config.DENSE
 _log = logging.getLogger(__name__)
 
@@ -78,7 +80,7 @@ def prune_at_init(
   """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
 
   `config.prune.sanity_check == 'invert'` keeps each layer's lowest-scored weights instead
-  (see `prospr_jax.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
+  (see `prospr_jax.analysis.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
   (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
   kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
   of `config.prune.batch_size` (global) are drawn from the training split (no augmentation)
@@ -97,12 +99,12 @@ def prune_at_init(
   needs = registry.METHODS[pc.method].needs
   batches = None
   if "batches" in needs:
-    parallel.check_batch_size(pc.batch_size, mesh)
+    distributed.check_batch_size(pc.batch_size, mesh)
     stream = data_lib.train_batches(
         config.dataset, batch_size=pc.batch_size, seed=config.seed + 1,
-        data_dir=config.data_dir, augment=False, rows=parallel.process_rows(pc.batch_size, mesh),
+        data_dir=config.data_dir, augment=False, rows=distributed.process_rows(pc.batch_size, mesh),
     )
-    batches = [parallel.shard_batch(b, mesh) for b in
+    batches = [distributed.shard_batch(b, mesh) for b in
                itertools.islice(stream, prune_config.num_pruning_batches(pc))]
   bn_mode = prune_config.scoring_batchnorm_mode(pc)
   temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
@@ -144,7 +146,7 @@ def find_masks(
   Prunes `variables` (`prune_at_init`); with `config.prune.sanity_check == 'shuffle'` the kept
   positions are then permuted within each layer. Returns the masks and `{'prune_seconds',
   'connectivity'}`: the wall time of both steps and the masks' effective sparsity and
-  collapsed layers (`prospr_jax.connectivity`, on `variables`).
+  collapsed layers (`prospr_jax.analysis.connectivity`, on `variables`).
   """
   pc = config.prune
   start = time.perf_counter()
@@ -197,7 +199,7 @@ def create_train_state(
     schedule: optax.Schedule,
 ) -> TrainState:
   """A `TrainState` with masked initial params and the keep_masked optimizer (see
-  `parallel.replicate` to place it on a mesh)."""
+  `distributed.replicate` to place it on a mesh)."""
   return TrainState.create(
       apply_fn=model.apply,
       params=masks_lib.apply_masks(variables["params"], masks),
@@ -252,7 +254,7 @@ def _restore_latest(
   # The saved masks give the template its mask shapes (per-channel masks are not full-size).
   saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
   template = create_train_state(config, model, variables, saved_masks, schedule)
-  return restore_checkpoint(manager, parallel.replicate(template, mesh))
+  return restore_checkpoint(manager, distributed.replicate(template, mesh))
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainState]:
@@ -263,7 +265,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
   model = models.get_model(config.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state, _ = _restore_latest(config, model, variables, optax.constant_schedule(0.0), workdir,
-                             checkpoint_manager(workdir), parallel.data_mesh())
+                             checkpoint_manager(workdir), distributed.data_mesh())
   return config, model, state
 
 
@@ -294,22 +296,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   masks_lib.check_sparsity(config.prune.sparsity)
   prune_config.fields_read(config.prune)  # an unknown method fails before any work
   sanity.check_sanity_check(config.prune.sanity_check)
-  parallel.initialize_distributed(config.distributed)
+  distributed.initialize_distributed(config.distributed)
   _claim_workdir(config, workdir)
-  mesh = parallel.data_mesh()
+  mesh = distributed.data_mesh()
   tc = config.train
   for batch_size in (tc.batch_size, tc.eval_batch_size):
-    parallel.check_batch_size(batch_size, mesh)
+    distributed.check_batch_size(batch_size, mesh)
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
   _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", config.dataset,
           info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
   model = models.get_model(config.model, info.num_classes)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = parallel.replicate(models.init_variables(model, init_key, info.image_shape), mesh)
+  variables = distributed.replicate(models.init_variables(model, init_key, info.image_shape), mesh)
   if config.prune.sanity_check == "reinit":  # train the mask from a fresh initialization
     train_variables = models.init_variables(model, jax.random.fold_in(init_key, 1),
                                             info.image_shape)
-    train_variables = parallel.replicate(train_variables, mesh)
+    train_variables = distributed.replicate(train_variables, mesh)
   else:
     train_variables = variables
   steps_per_epoch = info.num_train // tc.batch_size
@@ -326,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _report("pruning with %s ...", config.prune.method)
     masks, meta = find_masks(config, model, variables, info.image_shape, prune_key, mesh)
     meta |= {"train_seconds": 0.0, "history": []}
-    state = parallel.replicate(
+    state = distributed.replicate(
         create_train_state(config, model, train_variables, masks, schedule), mesh)
     if jax.process_index() == 0:
       masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
@@ -341,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   batches = data_lib.train_batches(
       config.dataset, batch_size=tc.batch_size, seed=config.seed, data_dir=config.data_dir,
-      augment=config.augment, rows=parallel.process_rows(tc.batch_size, mesh),
+      augment=config.augment, rows=distributed.process_rows(tc.batch_size, mesh),
   )
   first_step = int(state.step)
   batches = itertools.islice(batches, first_step, None)  # the data position of a resumed run
@@ -349,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   meter = progress.Progress(first_step, total_steps, steps_per_epoch)
   start, metrics = time.perf_counter(), []
   for step in range(first_step + 1, total_steps + 1):
-    state, m = train_step(state, parallel.shard_batch(next(batches), mesh))
+    state, m = train_step(state, distributed.shard_batch(next(batches), mesh))
     metrics.append(m)
     if step % tc.log_every_steps == 0:
       line, rate = meter.line(step, float(m["loss"]))
@@ -403,8 +405,8 @@ def _end_of_epoch(
     _report("epoch %d/%d done: train loss %.4f", epoch, config.train.num_epochs,
             record["train_loss"])
     return record
-  rows = parallel.process_rows(config.train.eval_batch_size, mesh)
-  result = evaluate(state, (parallel.shard_batch(b, mesh) for b in data_lib.eval_batches(
+  rows = distributed.process_rows(config.train.eval_batch_size, mesh)
+  result = evaluate(state, (distributed.shard_batch(b, mesh) for b in data_lib.eval_batches(
       config.dataset, batch_size=rows.stop - rows.start, data_dir=config.data_dir)))
   record |= {"test_loss": result["loss"], "test_top1": result["top1"],
              "test_top5": result["top5"]}

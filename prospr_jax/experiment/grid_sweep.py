@@ -10,7 +10,7 @@ resumes where it stopped. After each new run, every `results.json` under the roo
 into `<root>/all_results.json` (one record per run, with per-layer densities) and
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
-`experiments/sweep.py` is the command-line front end; `prospr_jax.report` turns the collection
+`experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report` turns the collection
 into a table and plots.
 """
 
@@ -29,10 +29,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from prospr_jax import atomic_files
+from prospr_jax.experiment import atomic_files
 
 DENSE = "dense"
-"""Method name of the unpruned baseline (same as `prospr_jax.train.DENSE`)."""
+"""Method name of the unpruned baseline (same as `prospr_jax.experiment.train.DENSE`)."""
 DEFAULT_METHODS = (
     "prospr", "snip", "grasp", "synflow", "iterative_snip", "force", "magnitude", "random"
 )
@@ -237,7 +237,7 @@ def completed(config: ml_collections.ConfigDict, workdir: str) -> bool:
 
 def _default_run_fn() -> RunFn:
   """`train.train_and_evaluate`, imported only when a sweep really trains."""
-  from prospr_jax import train  # pylint: disable=g-import-not-at-top
+  from prospr_jax.experiment import train  # pylint: disable=g-import-not-at-top
 
   return train.train_and_evaluate
 
@@ -256,7 +256,7 @@ def run_sweep(
     root: sweep directory; each point runs in `run_dir(root, point)`.
     points: the grid, e.g. from `expand_grid`.
     run_fn: `run_fn(config, workdir)` training one point and writing its `results.json`
-      (default `prospr_jax.train.train_and_evaluate`).
+      (default `prospr_jax.experiment.train.train_and_evaluate`).
     max_runs: stop after this many new runs (failed ones count), so a sweep can be run in
       chunks; -1: no limit.
 

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 DATA_AXIS = "data"
 CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
 """The `jax.distributed.initialize` arguments that `config.distributed` may set."""
@@ -60,7 +60,7 @@ def _connect_collectives(mesh: Mesh) -> None:
   total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(ones)
   if int(total) != mesh.size:
     raise RuntimeError(f"An all-reduce over {mesh.size} devices gave {int(total)}.")
-  multihost_utils.sync_global_devices("prospr_jax.parallel._connect_collectives")
+  multihost_utils.sync_global_devices("prospr_jax.experiment.distributed._connect_collectives")
 
 
 def data_mesh() -> Mesh:

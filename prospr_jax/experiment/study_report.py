@@ -1,4 +1,4 @@
-"""Tables and plots of a sweep's results (records from `prospr_jax.sweep.collect_records`).
+"""Tables and plots of a sweep's results (records from `prospr_jax.experiment.grid_sweep.collect_records`).
 
 Each record is a dict with at least `method` (the sweep arm, e.g. 'snip' or 'prospr+shuffle'),
 `sparsity` (0.0 for dense arms), `seed`, `final_test_top1` (a fraction) and, for the
@@ -25,7 +25,7 @@ import scipy.stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from prospr_jax.sweep import DENSE, parse_arm
+from prospr_jax.experiment.grid_sweep import DENSE, parse_arm
 
 Record = dict[str, Any]
 STD_DDOF = 1

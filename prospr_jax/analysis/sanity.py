@@ -6,22 +6,20 @@ weights matter:
 * `shuffle`: the kept positions are permuted uniformly at random within each layer (every
   layer keeps its number of weights) — `shuffle_within_layers`;
 * `reinit`: the found mask is trained from a fresh initialization instead of the one it was
-  found on (done by the training loop, `prospr_jax.train`);
+  found on (done by the training loop, `prospr_jax.experiment.train`);
 * `invert`: each layer keeps its lowest-scored weights, as many as the method kept there —
   `invert_selection` (one-shot scoring methods only).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from prospr_jax import masks as masks_lib
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 SANITY_CHECKS = ("shuffle", "reinit", "invert")
 
 

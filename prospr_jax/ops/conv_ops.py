@@ -29,7 +29,7 @@ weight gradient is the same sum in another order, so results agree to float roun
 float64 tests compare every derivative order to 1e-12). Forward mode (`jvp`, `jax.hessian`)
 works too: the primitives are bilinear.
 
-Use it as `nn.Conv(..., conv_general_dilated=prospr_jax.conv_ops.conv_general_dilated)`; the
+Use it as `nn.Conv(..., conv_general_dilated=prospr_jax.ops.conv_ops.conv_general_dilated)`; the
 zoo models in `prospr_jax.models` all do. It uses the primitives only for what they cover
 (channels-last input and output, a `[*K, C, O]` kernel, no dilation, no feature or batch
 groups, no `preferred_element_type`) and only when JAX's default backend is the CPU, decided at
@@ -46,7 +46,6 @@ from typing import Any
 
 import jax
 import jax.extend as jex
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.interpreters import ad, batching, mlir

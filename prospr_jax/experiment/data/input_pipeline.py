@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from prospr_jax.data.fashion_mnist_local import FashionMnistLocal
+from prospr_jax.experiment.data.fashion_mnist_local import FashionMnistLocal
 
 try:
   # TF only feeds data; the accelerators belong to JAX.

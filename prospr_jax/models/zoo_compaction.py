@@ -35,8 +35,8 @@ from prospr_jax.models.convnet import SmallConvNet
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from prospr_jax.models.vgg import VGG
 from prospr_jax.structured.compaction import apply_channel_masks, removed_atoms, slice_leaves
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 
 SMALL_CONVNET_PLAN: tuple[int | str, ...] = (16, "M", 32, "M", 64, 64)
 """`SmallConvNet` as a VGG layer plan (same module names, pools and head)."""

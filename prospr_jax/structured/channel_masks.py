@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prospr_jax import masks as masks_lib
-from prospr_jax.saliency.objective import PyTree
+from prospr_jax.tree_types import PyTree
 from prospr_jax.structured.groups import ChannelGroup, Slot
 from prospr_jax.structured.scoring import flat_leaves
 

@@ -1,13 +1,13 @@
 """The masked training step and its optimizer, with no I/O: no TF, tfds or ml-collections.
 
-`prospr_jax.train` (the training loop) and the benchmarks share these, so that timing the
+`prospr_jax.experiment.train` (the training loop) and the benchmarks share these, so that timing the
 training step needs only jax, flax and optax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +16,8 @@ from flax.training import train_state
 
 from prospr_jax.adapters import cross_entropy
 from prospr_jax.transform import keep_masked
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 
 
 class TrainHyperparams(Protocol):

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prospr_jax import masks as masks_lib
+from prospr_jax.tree_types import PyTree
 
-PyTree = Any
 ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 
 

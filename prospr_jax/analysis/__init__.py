@@ -1,0 +1,1 @@
+"""Analyses of masks: sanity-check rearrangements and effective (connected) sparsity."""
