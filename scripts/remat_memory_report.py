@@ -1,10 +1,10 @@
 r"""What is live at the memory peak of ProsPr's remat meta-gradient on XLA:CPU, for several k.
 
   PYTHONPATH=. .venv/bin/python scripts/remat_memory_report.py --memory_ks=1,3,10,30 \
-      > /tmp/report.txt && mv /tmp/report.txt docs/remat_memory_cpu.txt
+      > /tmp/report.txt && mv /tmp/report.txt docs/data/remat_memory_cpu.txt
 
 For each k in --memory_ks, compiles experiments/benchmark.py's full ProsPr with `remat=True`
-(by default SmallConvNet at 28x28x1, batch 128, as in docs/benchmark_cpu.txt's memory table;
+(by default SmallConvNet at 28x28x1, batch 128, as in docs/data/benchmark_cpu.txt's memory table;
 --model, --input_shape and --batch_size choose another) and prints XLA's memory analysis
 (argument and temp bytes, peak = argument + output + temp - alias), then a live-range
 simulation of the optimized, scheduled entry computation (`Compiled.as_text()`): its peak, and
@@ -14,7 +14,7 @@ The simulation keeps each instruction's result from its definition to its last u
 tuples, get-tuple-element, `while` loops and calls alias their operands instead of allocating;
 parameters and constants are not temporaries and count as nothing. It ignores what runs inside
 loops and fusions and how XLA packs buffers into one temp allocation, so it only approximates
-XLA's temp size (docs/remat_memory_cpu.txt: within 1.3 MiB of it, above and below). The first
+XLA's temp size (docs/data/remat_memory_cpu.txt: within 1.3 MiB of it, above and below). The first
 line records the commit; writing the report straight into a tracked file would mark the tree as
 changed.
 """

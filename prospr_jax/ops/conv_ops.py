@@ -9,7 +9,7 @@ and feature/batch-swapped dimensions (`rhs_reversal=1x1`, `dim_labels=01fb_o01i-
 XLA:CPU cannot hand to its convolution libraries (YNNPACK, Eigen), so it runs as a naive loop
 nest, where the same math written as an ordinary transposed conv takes the fast path. At
 ResNet-20, batch 128, k = 3 those loops were 38-43% of the meta-gradient's time
-(docs/profile_resnet20_cpu.txt).
+(docs/data/profile_resnet20_cpu.txt).
 
 What: three bilinear primitives that are closed under transposition,
 
@@ -126,7 +126,7 @@ def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array
   a loop, so one chunk's operands are live at a time (the rest of a batch that does not divide
   evenly is one more chunk). Written as one convolution over the whole batch instead (a
   `[*S', B, O]` kernel of the full image size), XLA:CPU made a ResNet-20 training step 1.6x
-  slower (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`; docs/conv_ops_ablation_cpu.txt).
+  slower (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`; docs/data/conv_ops_ablation_cpu.txt).
   """
   batch = x.shape[0]
   chunk = min(WEIGHT_GRAD_CHUNK, batch)
