@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -74,7 +75,16 @@ def ones_masks(params: PyTree, *, dtype: Any = None) -> PyTree:
 
 
 def check_masks(params: PyTree, masks: PyTree) -> None:
-  """Raises ValueError unless `masks` has the tree structure of `params` and each mask broadcasts to its param."""
+  """Raises unless `masks` is a mask pytree for `params`.
+
+  A mask pytree has the tree structure of `params`, and each leaf is a `bool` array whose shape
+  broadcasts to its param's shape.
+
+  Raises:
+    ValueError: another tree structure, or a shape that does not broadcast.
+    TypeError: a leaf that is not `bool` (a float mask such as 0.5 would rescale weights rather
+      than keep or prune them; convert 0/1 masks with `m.astype(bool)` first).
+  """
   p_def, m_def = jax.tree.structure(params), jax.tree.structure(masks)
   if p_def != m_def:
     raise ValueError(
@@ -84,6 +94,13 @@ def check_masks(params: PyTree, masks: PyTree) -> None:
   for (path, p), m in zip(
       jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(masks)
   ):
+    dtype = jnp.result_type(m)
+    if dtype != jnp.bool_:
+      raise TypeError(
+          f"The mask at '{path_str(path)}' has dtype {dtype}; masks must be bool (True keeps a "
+          "weight, False prunes it). A float mask would rescale weights instead of pruning them; "
+          "convert 0/1 masks with `.astype(bool)`."
+      )
     try:
       shape = np.broadcast_shapes(np.shape(m), np.shape(p))
     except ValueError:
@@ -96,7 +113,7 @@ def check_masks(params: PyTree, masks: PyTree) -> None:
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
-  """Returns `params * masks` leaf by leaf (masks broadcast, cast to each param's dtype)."""
+  """Returns `params * masks` leaf by leaf (bool masks broadcast, cast to each param's dtype)."""
   check_masks(params, masks)
   return jax.tree.map(lambda p, m: p * jnp.asarray(m, p.dtype), params, masks)
 
@@ -116,10 +133,16 @@ def check_sparsity(sparsity: float) -> None:
 
 
 def check_float_params(params: PyTree) -> None:
-  """Raises TypeError if a leaf of `params` is not a floating-point array (e.g. int or bool)."""
+  """Raises unless every leaf of `params` is a floating-point array of finite values.
+
+  Raises:
+    TypeError: a leaf that is not floating point (e.g. int or bool).
+    ValueError: a leaf holding NaN or inf (checked on concrete arrays only, not under `jit`).
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(params)
   bad = [
       f"'{path_str(path)}' ({jnp.result_type(leaf)})"
-      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      for path, leaf in leaves
       if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
   ]
   if bad:
@@ -127,6 +150,32 @@ def check_float_params(params: PyTree) -> None:
         f"Pruning scores floating-point weights; these params are not floating point: "
         f"{', '.join(bad)}. Cast them first, e.g. "
         "`jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)`."
+    )
+  non_finite = [
+      path_str(path) for path, leaf in leaves
+      if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf)))
+  ]
+  if non_finite:
+    raise ValueError(
+        f"The params at {non_finite} contain NaN or inf before pruning: check the "
+        "initialization (or the checkpoint they came from)."
+    )
+
+
+def check_min_kept(min_kept_per_layer: int | None) -> None:
+  """Raises TypeError/ValueError unless `min_kept_per_layer` is `None` or an int >= 0."""
+  if min_kept_per_layer is None:
+    return
+  if isinstance(min_kept_per_layer, bool) or not isinstance(min_kept_per_layer,
+                                                             (int, np.integer)):
+    raise TypeError(
+        f"min_kept_per_layer must be None or an int >= 0 (entries each prunable layer keeps at "
+        f"least); got {min_kept_per_layer!r} of type {type(min_kept_per_layer).__name__}."
+    )
+  if min_kept_per_layer < 0:
+    raise ValueError(
+        f"min_kept_per_layer={min_kept_per_layer} is negative; use 0 to let layers collapse or "
+        "None to make a collapsed layer an error."
     )
 
 
@@ -187,8 +236,9 @@ def masks_from_scores(
       densities `d_layer` (see `erk_densities`). Ties break towards the earlier entry
       (flattened, in tree order), so the result is deterministic.
     min_kept_per_layer: `None` raises `LayerCollapseError` if a prunable layer would keep no
-      entry; an int `m` first reserves each layer's top-`m` entries, then fills the rest of the
-      (unchanged) global budget by score (`0` allows layers to collapse).
+      entry; an int `m >= 0` first reserves each layer's top-`m` entries, then fills the rest of
+      the (unchanged) global budget by score (`0` allows layers to collapse). An `m` larger
+      than a prunable layer, or reserving more than the global budget, is a `ValueError`.
     eligible: optional bool pytree like `scores`; entries that are False are never kept
       (used by iterative pruning so that pruned weights stay pruned).
 
@@ -198,6 +248,7 @@ def masks_from_scores(
   check_sparsity(sparsity)
   if allocation not in ALLOCATIONS:
     raise ValueError(f"Unknown allocation {allocation!r}; choose one of {ALLOCATIONS}.")
+  check_min_kept(min_kept_per_layer)
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(scores)
   prunable = [i for i, (p, s) in enumerate(leaves_with_path) if filter_fn(p, s)]
   if not prunable:
@@ -215,13 +266,29 @@ def masks_from_scores(
     flats = [np.where(np.asarray(el[i]).ravel(), f, -np.inf) for i, f in zip(prunable, flats)]
 
   sizes = [f.size for f in flats]
+  too_small = [f"'{n}' ({size})" for n, size in zip(names, sizes)
+               if size < (min_kept_per_layer or 0)]
+  if too_small:
+    raise ValueError(
+        f"min_kept_per_layer={min_kept_per_layer} is more than these prunable layers hold: "
+        f"{', '.join(too_small)}."
+    )
   if allocation == "global":
     keys = np.concatenate(flats)
+    budget = num_kept(sparsity, keys.size)
     if min_kept_per_layer:
+      reserved = 0
       for start, flat in zip(np.cumsum([0] + sizes[:-1]), flats):
-        top = top_k_mask(flat, min(min_kept_per_layer, flat.size)) & np.isfinite(flat)
+        top = top_k_mask(flat, min_kept_per_layer) & np.isfinite(flat)
         keys[start : start + flat.size][top] = np.inf
-    keep = top_k_mask(keys, num_kept(sparsity, keys.size))
+        reserved += int(top.sum())
+      if reserved > budget:
+        raise ValueError(
+            f"min_kept_per_layer={min_kept_per_layer} reserves {reserved} entries over "
+            f"{len(flats)} prunable layers, more than the {budget} that sparsity {sparsity} "
+            "keeps in all: lower min_kept_per_layer or the sparsity."
+        )
+    keep = top_k_mask(keys, budget)
     kept_flats = np.split(keep, np.cumsum(sizes)[:-1])
   else:
     densities = (
@@ -288,11 +355,20 @@ def load_masks(path: str | os.PathLike, like: PyTree) -> PyTree:
   """Loads masks saved by `save_masks` into the tree structure of `like` (params or masks).
 
   Raises:
-    ValueError: if the file's leaf paths differ from `like`'s or a mask does not broadcast to
-      its leaf in `like`.
+    ValueError: the file is not an `.npz` archive of arrays (truncated or corrupt), its leaf
+      paths differ from `like`'s, or a mask does not broadcast to its leaf in `like`.
+    TypeError: a stored mask is not bool.
   """
-  with np.load(path) as data:
-    stored = {k: data[k] for k in data.files}
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      stored = {k: data[k] for k in data.files}
+  except FileNotFoundError:
+    raise
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(
+        f"{path} is not a masks file that save_masks wrote (an .npz archive of bool arrays): "
+        f"{type(e).__name__}: {e}"
+    ) from e
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(like)
   wanted = [path_str(p) for p, _ in leaves_with_path]
   if sorted(wanted) != sorted(stored):

@@ -163,3 +163,74 @@ def test_save_and_load_round_trip(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, masks, loaded)
   with pytest.raises(ValueError, match=r"missing \[.head/x.\]"):
     pj.load_masks(tmp_path / "m.npz", {**params, "head": {"bias": 0, "kernel": 0, "x": 0}})
+
+
+def _float_masks(params):
+  masks = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+  masks["dense"]["kernel"] = jnp.full((72, 20), 0.5)
+  return masks
+
+
+@pytest.mark.parametrize("entry_point", ["apply_masks", "keep_masked", "density_summary"])
+def test_float_masks_are_refused_naming_the_leaf(entry_point):
+  params = _params()
+  call = {
+      "apply_masks": lambda m: pj.apply_masks(params, m),
+      "keep_masked": lambda m: pj.keep_masked(m).init(params),
+      "density_summary": lambda m: pj.density_summary(m, params),
+  }[entry_point]
+  with pytest.raises(TypeError, match="mask at 'dense/kernel' has dtype float32.*bool"):
+    call(_float_masks(params))
+
+
+def test_load_masks_refuses_float_masks(tmp_path):
+  params = _params()
+  pj.save_masks(tmp_path / "m.npz", _float_masks(params))
+  with pytest.raises(TypeError, match="'dense/kernel'"):
+    pj.load_masks(tmp_path / "m.npz", params)
+
+
+def test_a_corrupt_masks_file_is_named(tmp_path):
+  params = _params()
+  path = tmp_path / "masks.npz"
+  pj.save_masks(path, pj.ones_masks(params, dtype=bool))
+  path.write_bytes(path.read_bytes()[:40])  # truncated, as by a crash mid-write
+  with pytest.raises(ValueError, match=f"{path} is not a masks file"):
+    pj.load_masks(path, params)
+  with pytest.raises(FileNotFoundError):
+    pj.load_masks(tmp_path / "absent.npz", params)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    (-1, ValueError, "negative"),
+    (1.5, TypeError, "must be None or an int"),
+    (True, TypeError, "must be None or an int"),
+    (201, ValueError, r"more than these prunable layers hold: 'head/kernel' \(200\)"),
+])
+def test_min_kept_per_layer_must_be_a_non_negative_int_a_layer_can_hold(bad, error, message):
+  with pytest.raises(error, match=message):
+    pj.masks_from_scores(_scores(_params()), 0.5, min_kept_per_layer=bad)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform", "erk"])
+def test_min_kept_per_layer_larger_than_a_layer_is_refused_for_every_allocation(allocation):
+  with pytest.raises(ValueError, match="more than these prunable layers hold"):
+    pj.masks_from_scores(_scores(_params()), 0.5, allocation=allocation, min_kept_per_layer=500)
+
+
+def test_min_kept_per_layer_beyond_the_global_budget_is_an_error():
+  # 1,928 prunable entries at sparsity 0.95 keep 96; 3 layers x 40 reserved would be 120.
+  with pytest.raises(ValueError, match="reserves 120 entries over 3 prunable layers, more than "
+                                       "the 96"):
+    pj.masks_from_scores(_scores(_params()), 0.95, min_kept_per_layer=40)
+  masks = pj.masks_from_scores(_scores(_params()), 0.95, min_kept_per_layer=32)
+  assert _kept(masks) == 96
+  assert all(int(m.sum()) >= 32 for path, m in jax.tree_util.tree_leaves_with_path(masks)
+             if pj.default_filter(path, m))
+
+
+def test_non_finite_params_are_blamed_on_the_params_not_the_scores():
+  params = _params()
+  params["conv"]["kernel"] = params["conv"]["kernel"].at[0, 0, 0, 0].set(jnp.nan)
+  with pytest.raises(ValueError, match=r"params at \['conv/kernel'\] contain NaN"):
+    pj.prune("magnitude", params, 0.5)
