@@ -34,7 +34,6 @@ from prospr_jax import structured
 from prospr_jax.models.convnet import SmallConvNet
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from prospr_jax.models.vgg import VGG
-from prospr_jax.structured.compaction import apply_channel_masks, removed_atoms, slice_leaves
 from prospr_jax.tree_types import PyTree
 
 
@@ -132,12 +131,10 @@ def compact(
     ValueError: if the masks are not channel-group masks or a group keeps no channel.
   """
   check_supported(model)
-  traced, keep = apply_channel_masks(structured.trace_model(model, variables, example_input),
-                                     masks)
-  widths = {m.path: int(keep[g.name].sum()) for g in traced.groups for m in g.members
-            if m.path.endswith("kernel")}
-  small_params, small_state = slice_leaves(traced, removed_atoms(traced, keep))
-  return compact_model(model, widths), {"params": small_params, **small_state}
+  sliced = structured.slice_variables(model, variables, masks, example_input)
+  widths = {m.path: int(sliced.keep[g.name].sum()) for g in sliced.traced.groups
+            for m in g.members if m.path.endswith("kernel")}
+  return compact_model(model, widths), {"params": sliced.params, **sliced.state}
 
 
 # --- Saving and loading. -------------------------------------------------------------------
