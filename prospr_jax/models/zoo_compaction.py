@@ -3,10 +3,11 @@
 The zoo's special case of `prospr_jax.structured.compaction` (which compacts any model into a
 smaller *program*): from a (trained) VGG, SmallConvNet or ResNet with channel-group masks
 (`structured_prune`), `compact` builds the same architecture with fewer channels per layer
-and its variables: the traced channel groups give each conv's kept width, and every leaf
-(kernels, BatchNorm scale/bias and `mean`/`var`, the `head`) is sliced to the remaining
-channels. A pruned channel is exactly 0 in the masked network, so in eval mode the compacted
-model's logits equal the masked model's up to float rounding.
+and its variables: `prospr_jax.structured.slice_variables` (the tracing and slicing that
+`structured.compact` does) gives the channel groups, whose kept counts are the convs' widths,
+and every leaf (kernels, BatchNorm scale/bias and `mean`/`var`, the `head`) sliced to the
+remaining channels. A pruned channel is exactly 0 in the masked network, so in eval mode the
+compacted model's logits equal the masked model's up to float rounding.
 
 Compacted models are a `VGG` (`config` with the kept widths, conv biases kept; a SmallConvNet
 is the VGG plan `SMALL_CONVNET_PLAN`) or a `ResNet` with `stem_width` / `block_widths`. `save`

@@ -1,4 +1,5 @@
-"""Channel atoms: a union-find over integer atoms with a pinned (never pruned) flag per component."""
+"""Channel atoms: a union-find over integer atoms with a pinned (never-pruned) flag per
+component."""
 
 from __future__ import annotations
 
