@@ -3,10 +3,11 @@
 The zoo's special case of `prospr_jax.structured.compaction` (which compacts any model into a
 smaller *program*): from a (trained) VGG, SmallConvNet or ResNet with channel-group masks
 (`structured_prune`), `compact` builds the same architecture with fewer channels per layer
-and its variables: the traced channel groups give each conv's kept width, and every leaf
-(kernels, BatchNorm scale/bias and `mean`/`var`, the `head`) is sliced to the remaining
-channels. A pruned channel is exactly 0 in the masked network, so in eval mode the compacted
-model's logits equal the masked model's up to float rounding.
+and its variables: `prospr_jax.structured.slice_variables` (the tracing and slicing that
+`structured.compact` does) gives the channel groups, whose kept counts are the convs' widths,
+and every leaf (kernels, BatchNorm scale/bias and `mean`/`var`, the `head`) sliced to the
+remaining channels. A pruned channel is exactly 0 in the masked network, so in eval mode the
+compacted model's logits equal the masked model's up to float rounding.
 
 Compacted models are a `VGG` (`config` with the kept widths, conv biases kept; a SmallConvNet
 is the VGG plan `SMALL_CONVNET_PLAN`) or a `ResNet` with `stem_width` / `block_widths`. `save`
@@ -34,7 +35,6 @@ from prospr_jax import structured
 from prospr_jax.models.convnet import SmallConvNet
 from prospr_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from prospr_jax.models.vgg import VGG
-from prospr_jax.structured.compaction import apply_channel_masks, removed_atoms, slice_leaves
 from prospr_jax.tree_types import PyTree
 
 
@@ -132,12 +132,10 @@ def compact(
     ValueError: if the masks are not channel-group masks or a group keeps no channel.
   """
   check_supported(model)
-  traced, keep = apply_channel_masks(structured.trace_model(model, variables, example_input),
-                                     masks)
-  widths = {m.path: int(keep[g.name].sum()) for g in traced.groups for m in g.members
-            if m.path.endswith("kernel")}
-  small_params, small_state = slice_leaves(traced, removed_atoms(traced, keep))
-  return compact_model(model, widths), {"params": small_params, **small_state}
+  sliced = structured.slice_variables(model, variables, masks, example_input)
+  widths = {m.path: int(sliced.keep[g.name].sum()) for g in sliced.traced.groups
+            for m in g.members if m.path.endswith("kernel")}
+  return compact_model(model, widths), {"params": sliced.params, **sliced.state}
 
 
 # --- Saving and loading. -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prospr_jax.structured.tracing import MEMBER, ChannelTrace, LeafAxis
+from prospr_jax.structured.trace_types import MEMBER, ChannelTrace, LeafAxis
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -25,7 +25,8 @@ from prospr_jax.structured import scoring
 from prospr_jax.structured.groups import ChannelGroup, channel_groups
 from prospr_jax.structured.channel_masks import check_allocation, expand_masks, select_channels
 from prospr_jax.structured.pure_models import PureModel, as_pure_model
-from prospr_jax.structured.tracing import ChannelTrace, trace_channels
+from prospr_jax.structured.trace_types import ChannelTrace
+from prospr_jax.structured.tracing import trace_channels
 
 Model = nn.Module | nnx.Module | Callable[[PyTree, Any], Any]
 
