@@ -6,14 +6,13 @@ Reads the run's config, masks and final checkpoint from `--workdir` (a run of
 `prune_and_train.py` with `config.prune.structured=True`), builds the compacted model with
 `prospr_jax.models.zoo_compaction.compact`, saves it to `<workdir>/compacted/`, and prints and writes
 `<workdir>/compaction.json`: test top-1 of the masked and the compacted model, parameter and
-MAC counts, and the median jitted inference time of one eval batch for both, as ratios.
+MAC counts, and the median jitted inference time of one eval batch for both (taking turns,
+`prospr_jax.benchmark.timing`), as ratios.
 """
 
 import json
 import os
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -21,23 +20,13 @@ from absl import app, flags
 
 from prospr_jax.models import zoo_compaction
 from prospr_jax import masks as masks_lib, structured
+from prospr_jax.benchmark import timing
 from prospr_jax.experiment import train
 from prospr_jax.experiment import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished structured run.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed inference runs (median reported).")
 flags.mark_flags_as_required(["workdir"])
-
-
-def median_ms(fn: Callable[[], jax.Array], repeats: int) -> float:
-  """Median wall time (ms) of `fn()` over `repeats` runs after one warm-up."""
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -58,13 +47,14 @@ def main(argv: Sequence[str]) -> None:
   forward = {name: jax.jit(lambda v, x, m=m: m.apply(v, x, train=False))
              for name, m in (("masked", model), ("compacted", small))}
   variables = {"masked": masked, "compacted": small_vars}
+  ms = timing.interleaved_median_ms(
+      {name: lambda n=name: forward[n](variables[n], x) for name in variables}, _REPEATS.value)
   out = {}
   for name in ("masked", "compacted"):
     out[f"{name}_test_top1"] = train.evaluate(states[name], eval_batches())["top1"]
     out[f"{name}_params"] = structured.count_params(variables[name]["params"])
     out[f"{name}_macs"] = structured.count_macs(forward[name], variables[name], x)
-    out[f"{name}_ms_per_batch"] = median_ms(
-        lambda n=name: forward[n](variables[n], x), _REPEATS.value)
+    out[f"{name}_ms_per_batch"] = ms[name]
   for key in ("params", "macs", "ms_per_batch"):
     out[f"{key}_ratio"] = out[f"compacted_{key}"] / out[f"masked_{key}"]
   out["max_logit_diff"] = float(np.max(np.abs(

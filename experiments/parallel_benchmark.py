@@ -5,47 +5,32 @@ On CPU, force several host devices (they share the machine's cores):
   XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/parallel_benchmark.py
 
 Prints examples/s of one jitted masked training step both ways, measured interleaved in one
-process, and their ratio. On a multi-GPU/TPU host it runs unchanged over the real devices.
+process, and their ratio (`prospr_jax.benchmark.parallel_suite`). On a multi-GPU/TPU host it
+runs unchanged over the real devices.
 """
 
 import json
 from collections.abc import Sequence
 
 import jax
-from absl import app, flags
+from absl import app
 
-import benchmark  # experiments/benchmark.py: shared setup and timing helpers
-from prospr_jax.experiment import distributed, train
+from prospr_jax.benchmark import parallel_suite, result_record, setting_flags
 
-# Flags --model, --batch_size (global) and --repeats are the ones benchmark.py defines.
-FLAGS = flags.FLAGS
-
-
-def measure(model_name: str, batch_size: int, repeats: int) -> dict[str, float]:
-  """Median step time (ms) and examples/s on 1 device and on all devices (data-parallel)."""
-  setup = benchmark.make_setup(model_name, batch_size, (28, 28, 1), 10, num_batches=1)
-  state = benchmark.train_states(setup)["masked"]
-  mesh = distributed.data_mesh()
-  one = jax.devices()[0]
-  cases = {
-      "1 device": (jax.device_put(state, one), jax.device_put(setup.batches[0], one)),
-      f"{jax.device_count()} devices": (distributed.replicate(state, mesh),
-                                        distributed.shard_batch(setup.batches[0], mesh)),
-  }
-  compiled = {name: (benchmark.compile_fn(train.train_step, *args)[0], args)
-              for name, args in cases.items()}
-  ms = benchmark.interleaved_run_ms(compiled, repeats)
-  out = {f"{name} ms": t for name, t in ms.items()}
-  out.update({f"{name} examples/s": 1e3 * batch_size / t for name, t in ms.items()})
-  names = list(ms)
-  out["throughput ratio (all devices / 1 device)"] = ms[names[0]] / ms[names[1]]
-  return out
+_SETTING = setting_flags.define_setting_flags()  # --batch_size is the global batch
+_REPEATS = setting_flags.define_repeats_flag()
+_OUTPUT = setting_flags.define_output_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   print(f"devices: {jax.devices()}")
-  print(json.dumps(measure(FLAGS.model, FLAGS.batch_size, FLAGS.repeats), indent=2))
+  record = parallel_suite.run_parallel_benchmark(
+      _SETTING.model.value, _SETTING.batch_size.value, _SETTING.shape(), _REPEATS.value)
+  print(json.dumps(record["throughput"], indent=2))
+  if _OUTPUT.value:
+    result_record.write_json(_OUTPUT.value, record)
 
 
 if __name__ == "__main__":

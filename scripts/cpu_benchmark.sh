@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The CPU side-by-side benchmark of issue 11, for a quiet machine: first the authors' PyTorch
-# ProsPr (scripts/reference_benchmark.py with THREADS torch threads) on CIFAR ResNet-20 and on
-# SmallConvNet (28x28x1) at batch 128 -- one masked training step, full and first-order ProsPr
-# at k = 3 --, then experiments/benchmark.py on the same two settings, one process each (its
-# own ratios, the remat memory table for SmallConvNet, and the reference's times beside its
-# own, with the targets). The two sides never run at the same time. Writes to a scratch folder,
-# then copies into OUT (docs/) at the end, so that the benchmark's record of the git tree it ran
-# on (clean or "with local changes") is not spoiled by its own half-written outputs:
+# The CPU side-by-side benchmark, prospr_jax beside the authors' code, for a quiet machine:
+# first the authors' PyTorch ProsPr (experiments/reference_benchmark.py with THREADS torch
+# threads) on CIFAR ResNet-20 and on SmallConvNet (28x28x1) at batch 128 -- one masked training
+# step, full and first-order ProsPr at k = 3 --, then experiments/benchmark.py on the same two
+# settings, one process each (its own ratios, the remat memory table for SmallConvNet, and the
+# reference's times beside its own, with the targets). The two sides never run at the same
+# time. Writes to a scratch folder, then copies into OUT (docs/) at the end, so that the
+# benchmark's record of the git tree it ran on (clean or "with local changes") is not spoiled
+# by its own half-written outputs:
 #   benchmark_cpu.txt (both settings' tables and targets), benchmark_cpu_resnet20.json and
 #   benchmark_cpu.json (SmallConvNet), benchmark_cpu_reference.jsonl (the reference's raw
 #   records) and benchmark_cpu_reference.log.
@@ -15,7 +16,7 @@
 #   SMOKE=1 OUT=/tmp/cpu_smoke TORCH_PYTHON=... bash scripts/cpu_benchmark.sh  # batch 8, 1 run
 #
 # PYTHON runs prospr_jax (default .venv/bin/python), TORCH_PYTHON the reference (torch and
-# torchvision); REF_DIR holds the authors' files (see scripts/reference_benchmark.py).
+# torchvision); REF_DIR holds the authors' files (see experiments/reference_benchmark.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-docs}
@@ -42,10 +43,11 @@ json.dump([{"model": model, "num_classes": 10, "input_shape": shape,
             "batch_size": int(sys.argv[1]), **kind} for model, shape in settings for kind in kinds],
           sys.stdout)
 EOF
-echo "reference: $TORCH_PYTHON scripts/reference_benchmark.py, $THREADS threads, batch $BATCH"
-OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$TORCH_PYTHON" scripts/reference_benchmark.py \
-  --plan="$plan" --output="$OUT/benchmark_cpu_reference.jsonl" --ref_dir="$REF_DIR" \
-  --repeats="$REPEATS" --threads="$THREADS" > "$OUT/benchmark_cpu_reference.log" 2>&1
+echo "reference: $TORCH_PYTHON experiments/reference_benchmark.py, $THREADS threads, batch $BATCH"
+OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$TORCH_PYTHON" \
+  experiments/reference_benchmark.py --plan="$plan" \
+  --output="$OUT/benchmark_cpu_reference.jsonl" --ref_dir="$REF_DIR" --repeats="$REPEATS" \
+  --threads="$THREADS" > "$OUT/benchmark_cpu_reference.log" 2>&1
 echo "prospr_jax: experiments/benchmark.py"
 # ResNet-20 without the memory table (compiling ResNet-20's k = 30 meta-gradient without remat
 # alone takes minutes here); SmallConvNet with it, as in every earlier benchmark_cpu.*.

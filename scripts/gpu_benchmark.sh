@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one-shot GPU benchmark (issue 11): prospr_jax on ResNet-20 and VGG-16 (CIFAR shapes) at
+# The one-shot GPU benchmark: prospr_jax on ResNet-20 and VGG-16 (CIFAR shapes) at
 # batch 128 and 256, k = 1, 3, 10, without and with remat, beside the authors' PyTorch ProsPr
 # on the same GPU (kept there, and its published full mode on the CPU for one setting).
 # See experiments/gpu_benchmark.py. Nothing starts after BUDGET_S seconds and everything is
@@ -11,7 +11,7 @@
 #
 # Needs python3 with jax, flax, optax, absl (no TensorFlow, tfds or ml-collections) and, for the
 # reference, torch + torchvision and the authors' files in third_party_ref/ (see
-# scripts/reference_benchmark.py). PYTHON and TORCH_PYTHON choose the interpreters.
+# experiments/reference_benchmark.py). PYTHON and TORCH_PYTHON choose the interpreters.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the output folder}"

@@ -2,12 +2,9 @@
 
 import fcntl
 import functools
-import importlib
 import math
 import os
 import pathlib
-import sys
-import types
 
 import flax.linen as nn
 import jax
@@ -17,17 +14,6 @@ import optax
 import pytest
 
 from prospr_jax import masks as masks_lib
-
-
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
-
-
-def import_experiment(name: str) -> types.ModuleType:
-  """Imports `experiments/<name>.py` by its plain name, as its scripts import each other
-  (`import benchmark`), so each is loaded once and its absl flags are defined once."""
-  if str(EXPERIMENTS) not in sys.path:
-    sys.path.append(str(EXPERIMENTS))
-  return importlib.import_module(name)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Smoke test of experiments/benchmark.py: runs its measurements in-process (no timing asserts)."""
+"""Smoke test of the ProsPr cost suite (`prospr_jax.benchmark.cost_suite`, run by
+experiments/benchmark.py): runs its measurements in-process (no timing asserts)."""
 
 import json
 import math
@@ -10,9 +11,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import import_experiment
 
 from prospr_jax import models
+from prospr_jax.benchmark import cost_report, cost_suite, result_record, timing
+from prospr_jax.benchmark.reference_comparison import reference_comparison
+from prospr_jax.benchmark.synthetic_setup import PRESETS
 from prospr_jax.experiment import provenance
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,13 +29,8 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def benchmark():
-  return import_experiment("benchmark")
-
-
-@pytest.fixture(scope="module")
-def results(benchmark):
-  return benchmark.run_benchmark(**benchmark.SMOKE_SETTINGS)
+def results():
+  return cost_suite.run_benchmark(**cost_suite.SMOKE_SETTINGS)
 
 
 def _positive_finite(x) -> bool:
@@ -53,8 +51,8 @@ def test_every_time_and_ratio_is_positive_and_finite(results):
     assert _positive_finite(ratio), name
 
 
-def test_memory_ratios_for_each_k(results, benchmark):
-  memory_ks = [str(k) for k in benchmark.SMOKE_SETTINGS["memory_ks"]]
+def test_memory_ratios_for_each_k(results):
+  memory_ks = [str(k) for k in cost_suite.SMOKE_SETTINGS["memory_ks"]]
   for variant in ("remat", "no_remat"):
     table = results["memory"][variant]
     assert list(table) == memory_ks
@@ -67,24 +65,27 @@ def test_memory_ratios_for_each_k(results, benchmark):
   # parameter-dominated smoke setting the stored step inputs outweigh the activations.
 
 
-def test_results_are_json_and_report_lists_every_target(results, benchmark):
+def test_results_are_json_and_report_lists_every_target(results):
   assert json.loads(json.dumps(results)) == results
   assert [t["name"] for t in results["targets"]] and all(
       isinstance(t["met"], bool) for t in results["targets"])
-  report = benchmark.format_report(results)
+  report = cost_report.format_report(results)
   assert report.count("target ") == len(results["targets"]) == 3
   assert results["device"]["device_kind"] in report
-  # Stamped with the code it ran on.
+  # A result record, stamped with the code it ran on.
+  assert results["benchmark"] == "prospr_cost"
   assert results["code"] == provenance.code_version()
+  assert results["device"] == result_record.device_info()
   assert f"code: commit {results['code']['git_commit']}" in report
 
 
 def test_library_and_benchmarks_import_no_tensorflow_tfds_or_ml_collections():
-  # GPU/TPU VMs often have just jax, flax, optax and absl (issue 11).
+  # GPU/TPU VMs often have just jax, flax, optax and absl.
   code = """
-import sys
-sys.path.append("experiments")
-import prospr_jax, prospr_jax.experiment.train_step, gpu_benchmark  # imports benchmark
+import pkgutil, sys
+import prospr_jax, prospr_jax.benchmark
+for module in pkgutil.iter_modules(prospr_jax.benchmark.__path__):
+  __import__(f"prospr_jax.benchmark.{module.name}")
 from prospr_jax.saliency.prospr import meta_gradient
 bad = [m for m in ("tensorflow", "tensorflow_datasets", "ml_collections") if m in sys.modules]
 assert not bad, bad
@@ -94,8 +95,8 @@ assert not bad, bad
 
 
 @pytest.mark.parametrize("name", ["cifar10_resnet20", "cifar10_vgg16", "tinyimagenet_resnet18"])
-def test_presets_build_their_model_at_their_input_shape(benchmark, name):
-  preset = benchmark.PRESETS[name]
+def test_presets_build_their_model_at_their_input_shape(name):
+  preset = PRESETS[name]
   model = models.get_model(preset["model_name"], preset["num_classes"])
   x = jax.ShapeDtypeStruct((2, *preset["input_shape"]), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), x)
@@ -109,7 +110,7 @@ def test_preset_refuses_the_flags_it_sets():
   assert "--preset sets --model" in result.stderr
 
 
-def test_reference_comparison_pairs_the_same_setting_and_adds_its_targets(results, benchmark):
+def test_reference_comparison_pairs_the_same_setting_and_adds_its_targets(results):
   cfg = results["config"]
   k = cfg["reference_k"]
   setting = {"model": cfg["model"], "batch_size": cfg["batch_size"],
@@ -122,7 +123,7 @@ def test_reference_comparison_pairs_the_same_setting_and_adds_its_targets(result
       setting | {"kind": "prospr", "method": "full", "k": k, "run_ms": 20.0},
       # No first-order record: its row has no reference.
   ]
-  comparison = benchmark.reference_comparison(results, records)
+  comparison = reference_comparison(results, records)
   rows = {row["key"]: row for row in comparison["rows"]}
   times = results["times"]
   assert rows["train_step"]["reference_ms"] == 2.0
@@ -134,9 +135,28 @@ def test_reference_comparison_pairs_the_same_setting_and_adds_its_targets(result
   assert comparison["environment"]["torch"] == "2.13.0"
 
   with_reference = results | {"reference": comparison}
-  added = benchmark.targets(with_reference)[len(benchmark.targets(results)):]
+  added = cost_suite.targets(with_reference)[len(cost_suite.targets(results)):]
   assert [(t["limit"], t["value"]) for t in added] == [
-      (benchmark.OVER_REFERENCE_MAX["train_step"], rows["train_step"]["jax_over_reference"]),
-      (benchmark.OVER_REFERENCE_MAX["full"], rows["full"]["jax_over_reference"])]
-  report = benchmark.format_report(with_reference)
+      (cost_suite.OVER_REFERENCE_MAX["train_step"], rows["train_step"]["jax_over_reference"]),
+      (cost_suite.OVER_REFERENCE_MAX["full"], rows["full"]["jax_over_reference"])]
+  report = cost_report.format_report(with_reference)
   assert "side by side with the reference" in report and "torch 2.13.0" in report
+
+
+def test_interleaved_median_ms_times_every_call_after_a_warm_up():
+  counts = {"a": 0, "b": 0}
+
+  def call(key):
+    counts[key] += 1
+    return jax.numpy.zeros(())
+
+  ms = timing.interleaved_median_ms({key: lambda k=key: call(k) for key in counts}, repeats=3)
+  assert counts == {"a": 4, "b": 4}
+  assert set(ms) == {"a", "b"} and all(t >= 0 for t in ms.values())
+  with pytest.raises(ValueError, match="repeats >= 1"):
+    timing.interleaved_median_ms({"a": lambda: None}, repeats=0)
+
+
+def test_a_record_refuses_measurements_named_like_its_own_keys():
+  with pytest.raises(ValueError, match=r"\[.config., .device.\]"):
+    result_record.new_record("x", {}, config={}, device="cpu")

@@ -1,10 +1,7 @@
-"""scripts/remat_memory_report.py's live-range simulation, on a hand-written scheduled HLO."""
+"""The live-range simulation of experiments/remat_memory_report.py
+(`prospr_jax.benchmark.remat_live_buffers`), on a hand-written scheduled HLO."""
 
-import pathlib
-import sys
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
-import remat_memory_report  # noqa: E402
+from prospr_jax.benchmark import remat_live_buffers
 
 HLO = """HloModule m, is_scheduled=true
 
@@ -23,7 +20,7 @@ ENTRY %main (p: f32[4]) -> f32[4] {
 
 
 def test_peak_is_where_the_two_largest_results_overlap():
-  peak, live = remat_memory_report.live_at_peak(HLO)
+  peak, live = remat_live_buffers.live_at_peak(HLO)
   assert peak == 4 * (256 + 512)
   assert sorted((b.instruction, b.size, b.shape) for b in live) == [
       ("a", 1024, "f32[256]"), ("b", 2048, "f32[512]")]
@@ -34,6 +31,6 @@ def test_aliases_extend_the_lives_of_what_they_alias():
   # `b` dies at the loop; `a` lives on through the loop's element 0 until `c` reads it, and `c`
   # through its bitcast until `r`: without the aliases the peak would be smaller.
   hlo = HLO.replace("f32[512]", "f32[8]")
-  peak, live = remat_memory_report.live_at_peak(hlo)
+  peak, live = remat_live_buffers.live_at_peak(hlo)
   assert peak == 4 * (256 + 128)
   assert sorted(b.instruction for b in live) == ["a", "c"]

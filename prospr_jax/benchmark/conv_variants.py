@@ -1,4 +1,4 @@
-"""The convolution variants that `conv_ops_ablation.py` and `score_precision_check.py` compare.
+"""The convolution variants that `conv_ablation` and `score_precision` compare.
 
   lax         every conv is `lax.conv_general_dilated` (the library before `conv_ops`);
   conv_wgrad  `conv_ops`' primitives, with the weight gradient lowered as ONE convolution over
@@ -7,7 +7,7 @@
 
 `use(name)` points the library at a variant. The zoo's convs read it at trace time, so call
 `jax.clear_caches()` before tracing again: the library's jits are module-level.
-`largest_relative_difference` is how both scripts compare two variants' scores.
+`largest_relative_difference` is how both compare two variants' scores.
 """
 
 from __future__ import annotations

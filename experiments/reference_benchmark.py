@@ -1,12 +1,14 @@
 r"""Times the authors' PyTorch ProsPr (github.com/mil-ad/prospr) on prospr_jax's settings.
 
-  python scripts/reference_benchmark.py --plan=plan.json --output=reference.jsonl
+  python experiments/reference_benchmark.py --plan=plan.json --output=reference.jsonl
 
 Their code is not part of this repository: copy these files of their repository, keeping the
 paths, into --ref_dir (default third_party_ref/, git-ignored): prospr/__init__.py,
 prospr/prospr.py, prospr/utils.py, models/__init__.py, models/models.py, models/resnet20.py,
 models/resnet_custom.py. Needs torch, and torchvision (their models package imports it).
-experiments/gpu_benchmark.py writes the plan and runs this; it needs no JAX.
+experiments/gpu_benchmark.py and scripts/cpu_benchmark.sh write the plan and run this. It needs
+no JAX and imports nothing of prospr_jax (whose package imports jax), so that it runs under a
+Python with just torch and torchvision.
 
 The plan is a JSON list of jobs, run in order:
 

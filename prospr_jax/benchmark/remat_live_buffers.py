@@ -1,22 +1,17 @@
-r"""What is live at the memory peak of ProsPr's remat meta-gradient on XLA:CPU, for several k.
+"""What is live at the memory peak of ProsPr's remat meta-gradient on XLA:CPU, for several k.
 
-  PYTHONPATH=. .venv/bin/python scripts/remat_memory_report.py --memory_ks=1,3,10,30 \
-      > /tmp/report.txt && mv /tmp/report.txt docs/data/remat_memory_cpu.txt
+For each k, `remat_memory_report` compiles `cost_cases`' full ProsPr with `remat=True` and
+records XLA's memory analysis (argument and temp bytes, peak = argument + output + temp -
+alias), then a live-range simulation of the optimized, scheduled entry computation
+(`Compiled.as_text()`): its peak, and the buffers live there, grouped by result shape and by
+the JAX op that made them.
 
-For each k in --memory_ks, compiles experiments/benchmark.py's full ProsPr with `remat=True`
-(by default SmallConvNet at 28x28x1, batch 128, as in docs/data/benchmark_cpu.txt's memory table;
---model, --input_shape and --batch_size choose another) and prints XLA's memory analysis
-(argument and temp bytes, peak = argument + output + temp - alias), then a live-range
-simulation of the optimized, scheduled entry computation (`Compiled.as_text()`): its peak, and
-the buffers live there, grouped by result shape and by the JAX op that made them.
-
-The simulation keeps each instruction's result from its definition to its last use; bitcasts,
-tuples, get-tuple-element, `while` loops and calls alias their operands instead of allocating;
-parameters and constants are not temporaries and count as nothing. It ignores what runs inside
-loops and fusions and how XLA packs buffers into one temp allocation, so it only approximates
-XLA's temp size (docs/data/remat_memory_cpu.txt: within 1.3 MiB of it, above and below). The first
-line records the commit; writing the report straight into a tracked file would mark the tree as
-changed.
+The simulation (`live_at_peak`) keeps each instruction's result from its definition to its last
+use; bitcasts, tuples, get-tuple-element, `while` loops and calls alias their operands instead
+of allocating; parameters and constants are not temporaries and count as nothing. It ignores
+what runs inside loops and fusions and how XLA packs buffers into one temp allocation, so it
+only approximates XLA's temp size (docs/data/remat_memory_cpu.txt: within 1.3 MiB of it, above
+and below).
 """
 
 from __future__ import annotations
@@ -25,19 +20,13 @@ import collections
 import dataclasses
 import os
 import re
-import sys
 from collections.abc import Sequence
+from typing import Any
 
-import jax
-from absl import app, flags
-
+from prospr_jax.benchmark import cost_cases, result_record, timing
+from prospr_jax.benchmark.synthetic_setup import Setup
+from prospr_jax.benchmark.timing import BYTES_PER_MIB
 from prospr_jax.experiment import provenance
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments"))
-import benchmark  # noqa: E402  pylint: disable=g-import-not-at-top
-
-FLAGS = flags.FLAGS  # --model, --input_shape, --batch_size and --memory_ks are benchmark.py's
-_TOP = flags.DEFINE_integer("top", 12, "Groups of live buffers to list per k.")
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8}
@@ -132,7 +121,7 @@ def live_at_peak(hlo: str) -> tuple[int, list[Buffer]]:
   return peak, [buf for b, buf in enumerate(buffers) if first[b] <= peak_t <= last[b]]
 
 
-def _grouped(buffers: Sequence[Buffer], top: int) -> list[tuple[int, int, str, str]]:
+def grouped(buffers: Sequence[Buffer], top: int) -> list[tuple[int, int, str, str]]:
   """The `top` largest `(bytes, count, shape, made by)` groups of `buffers`; 'made by' is the
   JAX op name below `jit(k_step_loss)`, or the HLO instruction where XLA made the buffer."""
   groups: dict[tuple[str, str], list[int]] = collections.defaultdict(lambda: [0, 0])
@@ -145,35 +134,45 @@ def _grouped(buffers: Sequence[Buffer], top: int) -> list[tuple[int, int, str, s
   return rows[:top]
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
-  ks = [int(k) for k in FLAGS.memory_ks]
-  setup = benchmark.make_setup(FLAGS.model, FLAGS.batch_size,
-                               tuple(int(s) for s in FLAGS.input_shape), 10,
-                               num_batches=max(ks) + 1)
-  mib = 2.0**20
-  print(f"code: {provenance.describe_code_version(provenance.code_version())}; "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"{FLAGS.model}, batch {FLAGS.batch_size}, input {FLAGS.input_shape}, full ProsPr with "
-        f"remat=True")
-  peaks = {}
-  for k in ks:
-    compiled, _ = benchmark.compile_fn(benchmark.prospr_fn(setup, k, remat=True),
-                                       *benchmark.prospr_args(setup, k))
-    stats = benchmark.memory_stats(compiled)
-    peaks[k] = stats["peak"]
-    simulated, live = live_at_peak(compiled.as_text())
-    print(f"\nk = {k}: XLA peak {stats['peak'] / mib:.1f} MiB (arguments "
-          f"{stats['argument'] / mib:.1f}, temp {stats['temp'] / mib:.1f}); simulated entry "
-          f"computation peak {simulated / mib:.1f} MiB, {len(live)} buffers live there:")
-    print("       MiB  count  shape                 made by (under jit(_prospr)/jit(k_step_loss))")
-    for size, n, shape, op in _grouped(live, _TOP.value):
-      print(f"  {size / mib:8.2f}  {n:5d}  {shape:20s}  {op[:110]}")
-  base = min(ks)
-  print("\npeak ratios to k = %d: %s" % (
-      base, ", ".join(f"k = {k}: {peaks[k] / peaks[base]:.3f}" for k in ks)))
+def remat_memory_report(setup: Setup, config: dict[str, Any], memory_ks: Sequence[int],
+                        top: int) -> dict[str, Any]:
+  """A 'remat_live_buffers' `result_record` (`config` describes `setup`, which needs
+  `max(memory_ks) + 1` batches): 'xla_flags' and 'per_k' `{str(k): {'xla': memory stats
+  (bytes), 'simulated_peak': bytes, 'num_live': buffers live at the simulated peak, 'groups':
+  the `top` largest [bytes, count, shape, made by] groups of them}}`."""
+  if not memory_ks:
+    raise ValueError("Need at least one k.")
+  per_k = {}
+  for k in memory_ks:
+    call = cost_cases.compile_prospr(setup, k, remat=True)
+    simulated, live = live_at_peak(call.executable.as_text())
+    per_k[str(k)] = {"xla": timing.memory_stats(call.executable), "simulated_peak": simulated,
+                     "num_live": len(live), "groups": [list(g) for g in grouped(live, top)]}
+  return result_record.new_record(
+      "remat_live_buffers", config | {"memory_ks": list(memory_ks), "top": top},
+      xla_flags=os.environ.get("XLA_FLAGS", ""), per_k=per_k)
 
 
-if __name__ == "__main__":
-  app.run(main)
+def format_remat_report(record: dict[str, Any]) -> str:
+  """The printout of a `remat_memory_report` record: per k XLA's peak, the simulated peak and
+  the live groups, then the peak ratios to the smallest k. Its first line records the commit."""
+  cfg, per_k = record["config"], record["per_k"]
+  lines = [f"code: {provenance.describe_code_version(record['code'])}; "
+           f"jax {record['jax_version']} on {record['device']['platform']}; "
+           f"XLA_FLAGS={record['xla_flags']!r}",
+           # The input shape as the flag's strings, as in docs/data/remat_memory_cpu.txt.
+           f"{cfg['model']}, batch {cfg['batch_size']}, input "
+           f"{[str(d) for d in cfg['input_shape']]}, full ProsPr with remat=True"]
+  for k, entry in per_k.items():
+    stats = entry["xla"]
+    lines += ["", f"k = {k}: XLA peak {stats['peak'] / BYTES_PER_MIB:.1f} MiB (arguments "
+              f"{stats['argument'] / BYTES_PER_MIB:.1f}, temp {stats['temp'] / BYTES_PER_MIB:.1f});"
+              f" simulated entry computation peak {entry['simulated_peak'] / BYTES_PER_MIB:.1f} "
+              f"MiB, {entry['num_live']} buffers live there:",
+              "       MiB  count  shape                 made by (under jit(_prospr)/jit(k_step_loss))"]
+    lines += [f"  {size / BYTES_PER_MIB:8.2f}  {n:5d}  {shape:20s}  {op[:110]}"
+              for size, n, shape, op in entry["groups"]]
+  base = min(per_k, key=int)
+  lines += ["", "peak ratios to k = %s: %s" % (base, ", ".join(
+      f"k = {k}: {e['xla']['peak'] / per_k[base]['xla']['peak']:.3f}" for k, e in per_k.items()))]
+  return "\n".join(lines)

@@ -1,0 +1,42 @@
+r"""Where one compiled benchmark function spends its time on XLA:CPU, by kind of op.
+
+  PYTHONPATH=. .venv/bin/python experiments/profile_cpu_ops.py --model=resnet20_prospr \
+      --input_shape=32,32,3 --function=train_step_masked
+
+Compiles `--function` of experiments/benchmark.py's timing cases (random batches, k = 3), runs it
+once to warm up, then --calls times under `jax.profiler`, and sums the duration of every XLA:CPU
+op (thunk) in the trace per call, by kind of op (weight gradient, convolution, dot,
+transpose/copy, other: `prospr_jax.benchmark.cpu_op_profile`). Op durations are thread times of
+ops that may overlap on the cores, so the shares are meaningful and their sum is near, not equal
+to, the wall time. Prints which CPU libraries the compiled program calls (YNNPACK, oneDNN
+fusions: the effect of XLA_FLAGS), the shares, then the --top longest ops with their shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from prospr_jax.benchmark import cpu_op_profile, result_record, setting_flags
+
+_SETTING = setting_flags.define_setting_flags()
+_FUNCTION = flags.DEFINE_string("function", "train_step_masked", "A benchmark timing case.")
+_CALLS = flags.DEFINE_integer("calls", 3, "Profiled calls.")
+_TOP = flags.DEFINE_integer("top", 12, "Longest ops to list.")
+_OUTPUT = setting_flags.define_output_flag()
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  setup = _SETTING.make_setup(num_batches=cpu_op_profile.K + 1)
+  record = cpu_op_profile.profile_ops(setup, _SETTING.config(), _FUNCTION.value, _CALLS.value,
+                                      _TOP.value)
+  print(cpu_op_profile.format_profile(record))
+  if _OUTPUT.value:
+    result_record.write_json(_OUTPUT.value, record)
+
+
+if __name__ == "__main__":
+  app.run(main)
