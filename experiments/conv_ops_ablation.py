@@ -1,4 +1,4 @@
-r"""Ablation of `prospr_jax.ops.conv_ops` on one zoo setting, all variants side by side in one process.
+r"""Ablation of `prospr_jax.ops.conv_ops` on one zoo setting: its variants side by side in one run.
 
   PYTHONPATH=. .venv/bin/python experiments/conv_ops_ablation.py --model=resnet20_prospr \
       --input_shape=32,32,3 --variants=lax,conv_wgrad,conv_ops --memory_k=0

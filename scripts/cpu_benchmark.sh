@@ -5,7 +5,7 @@
 # step, full and first-order ProsPr at k = 3 --, then experiments/benchmark.py on the same two
 # settings, one process each (its own ratios, the remat memory table for SmallConvNet, and the
 # reference's times beside its own, with the targets). The two sides never run at the same
-# time. Writes to a scratch folder, then copies into OUT (docs/) at the end, so that the
+# time. Writes to a scratch folder, then copies into OUT (docs/data/) at the end, so that the
 # benchmark's record of the git tree it ran on (clean or "with local changes") is not spoiled
 # by its own half-written outputs:
 #   benchmark_cpu.txt (both settings' tables and targets), benchmark_cpu_resnet20.json and
@@ -19,7 +19,7 @@
 # torchvision); REF_DIR holds the authors' files (see experiments/reference_benchmark.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-docs}
+OUT=${OUT:-docs/data}
 PYTHON=${PYTHON:-.venv/bin/python}
 TORCH_PYTHON=${TORCH_PYTHON:-python3}
 REF_DIR=${REF_DIR:-third_party_ref}

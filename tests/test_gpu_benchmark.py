@@ -2,6 +2,7 @@
 plans, time guard and side-by-side tables, on a tiny model and a stand-in for the reference
 script (torch is not a test dependency). No timing asserts."""
 
+import ast
 import json
 import pathlib
 import sys
@@ -105,3 +106,15 @@ def test_published_cpu_setting_refuses_a_malformed_spec():
   assert gpu_suite.published_cpu_setting("") is None
   with pytest.raises(ValueError, match="PRESET:BATCH:K"):
     gpu_suite.published_cpu_setting("cifar10_resnet20:8")
+
+
+def test_the_reference_script_imports_neither_jax_nor_prospr_jax():
+  # It runs under a Python that has torch and lacks jax (scripts/cpu_benchmark.sh).
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments/reference_benchmark.py"
+  tree = ast.parse(script.read_text())
+  imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+              if isinstance(node, ast.Import) for alias in node.names}
+  imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom) and node.module}
+  assert "torch" in imported
+  assert not imported & {"jax", "jaxlib", "flax", "optax", "prospr_jax"}, imported

@@ -78,7 +78,8 @@ def _prospr(params: PyTree, state: PyTree, batches: Sequence[PyTree], *, loss_fn
 
 def snip_fn(setup: Setup) -> Callable[..., PyTree]:
   """Jitted `(params, state, batch) -> snip_scores` on one batch."""
-  return jax.jit(lambda params, state, batch: snip_scores(setup.loss_fn, params, batch, state=state))
+  return jax.jit(
+      lambda params, state, batch: snip_scores(setup.loss_fn, params, batch, state=state))
 
 
 def prospr_args(setup: Setup, k: int) -> tuple[PyTree, PyTree, list[PyTree]]:

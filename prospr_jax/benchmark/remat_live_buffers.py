@@ -169,7 +169,8 @@ def format_remat_report(record: dict[str, Any]) -> str:
               f"{stats['argument'] / BYTES_PER_MIB:.1f}, temp {stats['temp'] / BYTES_PER_MIB:.1f});"
               f" simulated entry computation peak {entry['simulated_peak'] / BYTES_PER_MIB:.1f} "
               f"MiB, {entry['num_live']} buffers live there:",
-              "       MiB  count  shape                 made by (under jit(_prospr)/jit(k_step_loss))"]
+              "       MiB  count  shape                 "
+              "made by (under jit(_prospr)/jit(k_step_loss))"]
     lines += [f"  {size / BYTES_PER_MIB:8.2f}  {n:5d}  {shape:20s}  {op[:110]}"
               for size, n, shape, op in entry["groups"]]
   base = min(per_k, key=int)

@@ -126,7 +126,8 @@ def _rhs_transpose(x: jax.Array, dy: jax.Array, geometry: Geometry) -> jax.Array
   a loop, so one chunk's operands are live at a time (the rest of a batch that does not divide
   evenly is one more chunk). Written as one convolution over the whole batch instead (a
   `[*S', B, O]` kernel of the full image size), XLA:CPU made a ResNet-20 training step 1.6x
-  slower (`scripts/conv_ops_ablation.py`, variant `conv_wgrad`; docs/data/conv_ops_ablation_cpu.txt).
+  slower (`experiments/conv_ops_ablation.py`, variant `conv_wgrad`;
+  docs/data/conv_ops_ablation_cpu.txt).
   """
   batch = x.shape[0]
   chunk = min(WEIGHT_GRAD_CHUNK, batch)
