@@ -6,8 +6,9 @@ Each `define_*` function defines its flags once, in the binary that calls it.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
-from absl import flags
+from absl import app, flags
 
 from prospr_jax.benchmark.synthetic_setup import Setup, make_setup
 
@@ -28,7 +29,7 @@ class SettingFlags:
     try:
       return tuple(int(s) for s in self.input_shape.value)
     except ValueError as e:
-      raise flags.ValidationError(
+      raise app.UsageError(
           f"--input_shape takes integers H,W,C, got {self.input_shape.value}.") from e
 
   def make_setup(self, num_batches: int) -> Setup:
@@ -36,7 +37,7 @@ class SettingFlags:
     return make_setup(self.model.value, self.batch_size.value, self.shape(), NUM_CLASSES,
                       num_batches=num_batches)
 
-  def config(self) -> dict[str, object]:
+  def config(self) -> dict[str, Any]:
     """The setting as a record's config fields."""
     return {"model": self.model.value, "batch_size": self.batch_size.value,
             "input_shape": list(self.shape()), "num_classes": NUM_CLASSES}
