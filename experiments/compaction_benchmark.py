@@ -50,7 +50,7 @@ from prospr_jax.tree_types import PyTree
 
 _MODELS = flags.DEFINE_list("models", ["vgg16", "resnet20"], "Names for models.get_model.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7"], "Channel sparsities.")
-_METHOD = flags.DEFINE_string("method", "random", f"One of {structured.STRUCTURED_METHODS}.")
+_METHOD = flags.DEFINE_string("method", "random", f"One of {structured.structured_methods()}.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size of the timed forward pass.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per function (median reported).")
 _OUTPUT = flags.DEFINE_string("output", None, "Optional path for the results as JSON.")

@@ -33,9 +33,6 @@ from prospr_jax.experiment import atomic_files
 
 DENSE = "dense"
 """Method name of the unpruned baseline (same as `prospr_jax.experiment.train.DENSE`)."""
-DEFAULT_METHODS = (
-    "prospr", "snip", "grasp", "synflow", "iterative_snip", "force", "magnitude", "random"
-)
 DEFAULT_SPARSITIES = (0.9, 0.95, 0.98, 0.99, 0.995)
 DEFAULT_SEEDS = (0, 1, 2)
 RESULTS_FILE = "results.json"

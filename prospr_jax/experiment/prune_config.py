@@ -3,16 +3,17 @@
 `config.prune` holds the options of every method side by side (see `configs/default.py`); a run
 reads only the fields of its method. `check_overrides` refuses a command-line override of a
 field that the chosen method would ignore, so that `--config.prune.method=snip
---config.prune.num_steps=5` fails instead of silently training plain SNIP.
+--config.prune.num_steps=5` fails instead of silently training plain SNIP. Which fields a
+method reads, and how they become its options, is declared with the method
+(`prospr_jax.saliency.registry.MethodSpec`); this module only reads the declarations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
-import optax
 
 from prospr_jax.adapters import check_batchnorm_mode
 from prospr_jax.saliency import registry
@@ -24,33 +25,32 @@ DENSE = "dense"
 _EVERY_METHOD = (
     "method", "sparsity", "structured", "allocation", "min_kept_per_layer", "sanity_check"
 )
-_PROSPR = ("batch_size", "batchnorm_mode", "num_steps", "inner_lr", "inner_momentum", "remat")
-_GRADUAL = ("batch_size", "batchnorm_mode", "num_batches", "num_rounds")
-# The fields each method reads besides `_EVERY_METHOD` (and `exclude` when unstructured).
-_METHOD_FIELDS = {
-    "prospr": _PROSPR,
-    "prospr_first_order": _PROSPR,
-    "snip": ("batch_size", "batchnorm_mode", "num_batches"),
-    "grasp": ("batch_size", "batchnorm_mode", "num_batches", "grasp_temperature"),
-    "iterative_snip": _GRADUAL,
-    "force": _GRADUAL,
-    "synflow": ("batchnorm_mode", "synflow_rounds", "synflow_float64"),
-    "magnitude": (),
-    "random": (),
-}
+
+
+def method_spec(pc: ml_collections.ConfigDict) -> registry.MethodSpec:
+  """The declaration of the pruning method `pc.method` (not 'dense')."""
+  if pc.method not in registry.METHODS:
+    raise ValueError(
+        f"Unknown pruning method {pc.method!r}; choose {DENSE!r} or one of "
+        f"{sorted(registry.METHODS)}."
+    )
+  return registry.METHODS[pc.method]
 
 
 def fields_read(pc: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The fields of `config.prune` that pruning with `pc.method` reads (`('method',)` for dense)."""
+  """The fields of `config.prune` that pruning with `pc.method` reads (`('method',)` for dense).
+
+  Every method reads `_EVERY_METHOD` (and `exclude` when unstructured); one that needs batches
+  reads `batch_size`, one that runs the model `batchnorm_mode`; then the fields its declaration
+  maps to its options, batch count and loss options (`MethodSpec.config_fields`).
+  """
   if pc.method == DENSE:
     return ("method",)
-  if pc.method not in _METHOD_FIELDS:
-    raise ValueError(
-        f"Unknown pruning method {pc.method!r}; choose {DENSE!r} or one of "
-        f"{sorted(_METHOD_FIELDS)}."
-    )
+  spec = method_spec(pc)
   exclude = () if pc.structured else ("exclude",)
-  return _EVERY_METHOD + exclude + _METHOD_FIELDS[pc.method]
+  batch_size = ("batch_size",) if "batches" in spec.needs else ()
+  batchnorm = ("batchnorm_mode",) if spec.batchnorm_mode is not None else ()
+  return _EVERY_METHOD + exclude + batch_size + batchnorm + spec.config_fields()
 
 
 def check_overrides(pc: ml_collections.ConfigDict, overridden: Iterable[str]) -> None:
@@ -70,25 +70,27 @@ def check_overrides(pc: ml_collections.ConfigDict, overridden: Iterable[str]) ->
     )
 
 
+def _read(sources: Mapping[str, registry.FromConfig | None],
+          pc: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{name: its value read from pc}`, leaving out names with no source or no value set."""
+  values = {name: source.value(pc) for name, source in sources.items() if source is not None}
+  return {name: value for name, value in values.items() if value is not None}
+
+
 def method_options(pc: ml_collections.ConfigDict) -> dict[str, Any]:
   """The method-specific keyword arguments of `prune` read from `config.prune`."""
-  method = pc.method
-  if method in ("prospr", "prospr_first_order"):
-    momentum = pc.inner_momentum or None
-    return {"num_steps": pc.num_steps, "remat": pc.remat,
-            "optimizer": optax.sgd(pc.inner_lr, momentum=momentum)}
-  if method in ("iterative_snip", "force"):
-    return {} if pc.num_rounds is None else {"num_rounds": pc.num_rounds}
-  if method == "synflow":
-    return {"num_rounds": pc.synflow_rounds, "float64": pc.synflow_float64}
-  return {}
+  return _read(method_spec(pc).options, pc)
+
+
+def loss_options(pc: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of the scoring loss (`LinenLoss`) that `pc.method` reads, e.g. a
+  logit temperature."""
+  return _read(method_spec(pc).loss_options, pc)
 
 
 def num_pruning_batches(pc: ml_collections.ConfigDict) -> int:
   """How many batches of `pc.batch_size` a data-dependent method scores on."""
-  if pc.method in ("prospr", "prospr_first_order"):
-    return pc.num_steps + 1
-  return pc.num_batches
+  return method_spec(pc).num_batches.value(pc)
 
 
 def scoring_batchnorm_mode(pc: ml_collections.ConfigDict) -> BatchNormMode | None:
@@ -98,4 +100,4 @@ def scoring_batchnorm_mode(pc: ml_collections.ConfigDict) -> BatchNormMode | Non
   if pc.batchnorm_mode is not None:
     check_batchnorm_mode(pc.batchnorm_mode)
     return pc.batchnorm_mode
-  return registry.METHODS[pc.method].batchnorm_mode
+  return method_spec(pc).batchnorm_mode

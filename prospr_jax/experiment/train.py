@@ -91,12 +91,8 @@ def prune_at_init(
   params = variables["params"]
   if pc.method == DENSE:
     return masks_lib.ones_masks(params, dtype=bool)
-  if pc.method not in registry.METHODS:
-    raise ValueError(
-        f"Unknown pruning method {pc.method!r}; choose 'dense' or one of {sorted(registry.METHODS)}."
-    )
   state = {k: v for k, v in variables.items() if k != "params"}
-  needs = registry.METHODS[pc.method].needs
+  needs = prune_config.method_spec(pc).needs
   batches = None
   if "batches" in needs:
     distributed.check_batch_size(pc.batch_size, mesh)
@@ -107,9 +103,9 @@ def prune_at_init(
     batches = [distributed.shard_batch(b, mesh) for b in
                itertools.islice(stream, prune_config.num_pruning_batches(pc))]
   bn_mode = prune_config.scoring_batchnorm_mode(pc)
-  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
   loss_fn = (
-      LinenLoss(model, bn_mode=bn_mode, temperature=temperature) if "loss_fn" in needs else None
+      LinenLoss(model, bn_mode=bn_mode, **prune_config.loss_options(pc))
+      if "loss_fn" in needs else None
   )
   if pc.structured:  # coupled channel groups (see prospr_jax.structured)
     if pc.sanity_check is not None:

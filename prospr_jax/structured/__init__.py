@@ -15,6 +15,7 @@ One job per module:
 * `compaction`: the smaller program (and NNX module) with the masked model's outputs.
 """
 
+from prospr_jax.saliency.registry import structured_methods
 from prospr_jax.structured.compaction import (
     CompactionReport,
     CompactModel,
@@ -25,7 +26,7 @@ from prospr_jax.structured.compaction import (
 from prospr_jax.structured.groups import ChannelGroup, Slot, channel_groups, num_channels
 from prospr_jax.structured.channel_masks import channels_from_masks, expand_masks, select_channels
 from prospr_jax.structured.prune import TracedModel, group_scores, structured_prune, trace_model
-from prospr_jax.structured.scoring import STRUCTURED_METHODS, gate_tree
+from prospr_jax.structured.scoring import gate_tree
 from prospr_jax.structured.tracing import (
     SUPPORTED_PRIMITIVES,
     UnsupportedPrimitiveError,
@@ -33,7 +34,6 @@ from prospr_jax.structured.tracing import (
 )
 
 __all__ = [
-    "STRUCTURED_METHODS",
     "SUPPORTED_PRIMITIVES",
     "ChannelGroup",
     "CompactModel",
@@ -51,6 +51,7 @@ __all__ = [
     "group_scores",
     "num_channels",
     "select_channels",
+    "structured_methods",
     "structured_prune",
     "trace_channels",
     "trace_model",
