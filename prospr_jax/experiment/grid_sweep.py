@@ -10,8 +10,8 @@ resumes where it stopped. After each new run, every `results.json` under the roo
 into `<root>/all_results.json` (one record per run, with per-layer densities) and
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
-`experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report` turns the collection
-into a table and plots.
+`experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report`
+turns the collection into a table and plots.
 """
 
 from __future__ import annotations

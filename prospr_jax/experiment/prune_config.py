@@ -10,12 +10,15 @@ method reads, and how they become its options, is declared with the method
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
 
+from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import check_batchnorm_mode
+from prospr_jax.analysis import sanity
 from prospr_jax.saliency import registry
 from prospr_jax.saliency.objective import BatchNormMode
 
@@ -101,3 +104,67 @@ def scoring_batchnorm_mode(pc: ml_collections.ConfigDict) -> BatchNormMode | Non
     check_batchnorm_mode(pc.batchnorm_mode)
     return pc.batchnorm_mode
   return method_spec(pc).batchnorm_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunePlan:
+  """`config.prune`, checked, and what pruning at initialization derives from it (`plan`).
+
+  Attributes:
+    method: a registered method's name, or `DENSE`.
+    sparsity: fraction of the prunable weights (structured: of the channels) removed.
+    structured: channel-group masks (`prospr_jax.structured`) instead of per-weight masks.
+    allocation: how the kept weights are spread over the layers ('global', 'uniform', 'erk').
+    min_kept_per_layer: least weights (structured: channels) kept per layer (group), or None.
+    filter_fn: the prunable params leaves: kernels whose path matches no `exclude` regex.
+    sanity_check: None, 'shuffle', 'reinit' or 'invert' (`prospr_jax.analysis.sanity`).
+    needs: the inputs the method needs (`MethodSpec.needs`; () for dense).
+    batchnorm_mode: how BatchNorm runs while scoring (`scoring_batchnorm_mode`).
+    options: the method's keyword options (`method_options`).
+    loss_options: keyword arguments of the scoring loss (`loss_options`).
+    batch_size: global size of a pruning batch.
+    num_batches: how many pruning batches the method scores on (0: it takes none).
+  """
+
+  method: str
+  sparsity: float
+  structured: bool
+  allocation: str
+  min_kept_per_layer: int | None
+  filter_fn: masks_lib.FilterFn
+  sanity_check: str | None
+  needs: tuple[str, ...]
+  batchnorm_mode: BatchNormMode | None
+  options: Mapping[str, Any]
+  loss_options: Mapping[str, Any]
+  batch_size: int
+  num_batches: int
+
+
+def plan(pc: ml_collections.ConfigDict) -> PrunePlan:
+  """Checks `config.prune` and derives the `PrunePlan` of a run.
+
+  Raises:
+    ValueError: unknown method, sanity check or BatchNorm mode; sparsity outside [0, 1); a
+      sanity check with structured pruning.
+    TypeError: a non-numeric sparsity.
+  """
+  masks_lib.check_sparsity(pc.sparsity)
+  fields_read(pc)  # an unknown method
+  sanity.check_sanity_check(pc.sanity_check)
+  if pc.structured and pc.method != DENSE and pc.sanity_check is not None:
+    raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
+                     "with prune.structured=True.")
+  dense = pc.method == DENSE
+  needs = () if dense else method_spec(pc).needs
+  return PrunePlan(
+      method=pc.method, sparsity=pc.sparsity, structured=pc.structured,
+      allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
+      filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
+      sanity_check=pc.sanity_check, needs=needs,
+      batchnorm_mode=None if dense else scoring_batchnorm_mode(pc),
+      options={} if dense else method_options(pc),
+      loss_options={} if dense else loss_options(pc),
+      batch_size=pc.batch_size,
+      num_batches=num_pruning_batches(pc) if "batches" in needs else 0,
+  )

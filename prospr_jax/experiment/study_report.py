@@ -1,4 +1,5 @@
-"""Tables and plots of a sweep's results (records from `prospr_jax.experiment.grid_sweep.collect_records`).
+"""Tables and plots of a sweep's results (records from
+`prospr_jax.experiment.grid_sweep.collect_records`).
 
 Each record is a dict with at least `method` (the sweep arm, e.g. 'snip' or 'prospr+shuffle'),
 `sparsity` (0.0 for dense arms), `seed`, `final_test_top1` (a fraction) and, for the
@@ -317,7 +318,8 @@ def paired_differences(records: Sequence[Record], reference: str | None = None,
   value = {(r["method"], float(r["sparsity"]), r["seed"]): scale * float(r[metric])
            for r in records if r.get(metric) is not None}
   out = {}
-  for arm, sparsity in sorted({(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}):
+  pairs = {(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}
+  for arm, sparsity in sorted(pairs):
     seeds = sorted(seed for (a, s, seed) in value if a == arm and s == sparsity
                    and (reference, s, seed) in value)
     if seeds:
