@@ -25,7 +25,7 @@ from prospr_jax.benchmark import compaction_suite, result_record, setting_flags
 
 _MODELS = flags.DEFINE_list("models", ["vgg16", "resnet20"], "Names for models.get_model.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7"], "Channel sparsities.")
-_METHOD = flags.DEFINE_string("method", "random", f"One of {structured.STRUCTURED_METHODS}.")
+_METHOD = flags.DEFINE_string("method", "random", f"One of {structured.structured_methods()}.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size of the timed forward pass.")
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()

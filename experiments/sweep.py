@@ -18,10 +18,12 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from prospr_jax.experiment import grid_sweep
+from prospr_jax.saliency import registry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
 _METHODS = flags.DEFINE_string(
-    "methods", ",".join(grid_sweep.DEFAULT_METHODS), "Comma-separated pruning methods.")
+    "methods", ",".join(registry.default_sweep_methods()),
+    "Comma-separated pruning methods (sweep arms).")
 _SPARSITIES = flags.DEFINE_string(
     "sparsities", ",".join(map(str, grid_sweep.DEFAULT_SPARSITIES)), "Comma-separated sparsities.")
 _SEEDS = flags.DEFINE_string(

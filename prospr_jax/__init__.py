@@ -14,6 +14,7 @@ from prospr_jax.masks import (
 )
 from prospr_jax.saliency import (
     METHODS,
+    MethodSpec,
     grasp_scores,
     k_step_loss,
     magnitude_scores,
@@ -21,6 +22,8 @@ from prospr_jax.saliency import (
     prospr_scores,
     prune,
     random_scores,
+    register,
+    registered,
     snip_scores,
 )
 from prospr_jax.structured import structured_prune

@@ -89,7 +89,7 @@ def main() -> None:
   masks = pj.prune("magnitude", variables["params"], 0.5)
   stepped = []
   for put, put_b in placements:
-    ts = put(train.create_train_state(config, model, variables, masks,
+    ts = put(train.create_train_state(config.train, model, variables, masks,
                                       optax.constant_schedule(0.1)))
     stepped.append(train.train_step(ts, put_b(batches[0]))[0].params)
   out["max_param_diff"] = _max_abs_diff(*stepped)

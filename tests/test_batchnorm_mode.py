@@ -10,7 +10,7 @@ import prospr_jax as pj
 from configs import test as test_config
 from conftest import TinyBNCNN, make_batches
 from prospr_jax import models, structured
-from prospr_jax.experiment import distributed, prune_config, train
+from prospr_jax.experiment import prune_config, train
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import registry
 
@@ -86,14 +86,12 @@ def test_prune_at_init_scores_in_the_configured_mode(monkeypatch, variables, met
 
   monkeypatch.setattr(registry, "prune", capture)
   monkeypatch.setattr(structured, "structured_prune", capture)
-  batches = make_batches(jax.random.PRNGKey(1), 8, batch_size=4, shape=(6, 6, 2))
-  monkeypatch.setattr(train.data_lib, "train_batches",
-                      lambda *a, **k: iter(jax.tree.map(np.asarray, batches)))
   config = test_config.get_config()
   config.prune.update(method=method, structured=structured_, batchnorm_mode=override,
                       batch_size=4)
-  train.prune_at_init(config, TinyBNCNN(), variables, (6, 6, 2), jax.random.PRNGKey(2),
-                      distributed.data_mesh())
+  plan = prune_config.plan(config.prune)
+  batches = make_batches(jax.random.PRNGKey(1), plan.num_batches, batch_size=4, shape=(6, 6, 2))
+  train.prune_at_init(plan, TinyBNCNN(), variables, (6, 6, 2), jax.random.PRNGKey(2), batches)
   scorer = seen["apply_fn"] if method == "synflow" else seen["loss_fn"]
   assert scorer.bn_mode == expected
 

@@ -9,7 +9,7 @@ import prospr_jax as pj
 from conftest import make_batches, mlp_loss, mlp_params
 from configs import test as test_config
 from prospr_jax import models
-from prospr_jax.experiment import distributed, train
+from prospr_jax.experiment import prune_config, train
 from prospr_jax.analysis import sanity
 
 
@@ -65,15 +65,14 @@ def test_unknown_sanity_check_is_refused():
     sanity.check_sanity_check("shufle")
 
 
-def _find(check, data_dir=None):
+def _find(check):
   config = test_config.get_config()
-  config.data_dir = data_dir
   config.prune.method = "magnitude"
   config.prune.sanity_check = check
   model = models.get_model(config.model, 10)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
-  masks, meta = train.find_masks(config, model, variables, (28, 28, 1), jax.random.PRNGKey(1),
-                                 distributed.data_mesh())
+  masks, meta = train.find_masks(prune_config.plan(config.prune), model, variables, (28, 28, 1),
+                                 jax.random.PRNGKey(1))
   return variables["params"], masks, meta
 
 

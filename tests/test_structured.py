@@ -16,7 +16,7 @@ import pytest
 from conftest import eval_logits, masked_variables, random_variables
 from prospr_jax.models import zoo_compaction
 from prospr_jax import structured
-from prospr_jax.experiment import train
+from prospr_jax.experiment import prune_config, train
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenLoss
 from prospr_jax.models import get_model
@@ -500,7 +500,8 @@ def test_prune_at_init_uses_structured_prune():
       "num_steps": 1, "batchnorm_mode": None, "sanity_check": None}})
   model, shape = MODELS["small_convnet"]()
   variables, _ = _setup(model, shape)
-  masks = train.prune_at_init(config, model, variables, shape, jax.random.key(0), mesh=None)
+  masks = train.prune_at_init(prune_config.plan(config.prune), model, variables, shape,
+                              jax.random.key(0))
   expected = structured.structured_prune("magnitude", model, variables, None, 0.5,
                                          example_input=_example(shape), min_kept_per_group=1)
   assert all(np.array_equal(a, b)
@@ -515,7 +516,7 @@ def test_unsupported_method_is_a_clear_error():
   for method in ("grasp", "synflow", "force", "nonsense"):
     with pytest.raises(ValueError, match="no structured .*form.*prospr"):
       structured.structured_prune(method, model, variables, batch, 0.5)
-  assert set(structured.STRUCTURED_METHODS) < set(registry.METHODS)
+  assert set(structured.structured_methods()) < set(registry.METHODS)
   with pytest.raises(ValueError, match="needs \\['key'\\]"):
     structured.structured_prune("random", model, variables, None, 0.5, example_input=_example(shape))
   with pytest.raises(ValueError, match="needs \\['batches'\\]"):

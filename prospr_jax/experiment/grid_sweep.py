@@ -10,8 +10,8 @@ resumes where it stopped. After each new run, every `results.json` under the roo
 into `<root>/all_results.json` (one record per run, with per-layer densities) and
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
-`experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report` turns the collection
-into a table and plots.
+`experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report`
+turns the collection into a table and plots.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ from prospr_jax.experiment import atomic_files
 
 DENSE = "dense"
 """Method name of the unpruned baseline (same as `prospr_jax.experiment.train.DENSE`)."""
-DEFAULT_METHODS = (
-    "prospr", "snip", "grasp", "synflow", "iterative_snip", "force", "magnitude", "random"
-)
 DEFAULT_SPARSITIES = (0.9, 0.95, 0.98, 0.99, 0.995)
 DEFAULT_SEEDS = (0, 1, 2)
 RESULTS_FILE = "results.json"

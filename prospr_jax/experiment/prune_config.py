@@ -3,18 +3,22 @@
 `config.prune` holds the options of every method side by side (see `configs/default.py`); a run
 reads only the fields of its method. `check_overrides` refuses a command-line override of a
 field that the chosen method would ignore, so that `--config.prune.method=snip
---config.prune.num_steps=5` fails instead of silently training plain SNIP.
+--config.prune.num_steps=5` fails instead of silently training plain SNIP. Which fields a
+method reads, and how they become its options, is declared with the method
+(`prospr_jax.saliency.registry.MethodSpec`); this module only reads the declarations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
-import optax
 
+from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import check_batchnorm_mode
+from prospr_jax.analysis import sanity
 from prospr_jax.saliency import registry
 from prospr_jax.saliency.objective import BatchNormMode
 
@@ -24,33 +28,32 @@ DENSE = "dense"
 _EVERY_METHOD = (
     "method", "sparsity", "structured", "allocation", "min_kept_per_layer", "sanity_check"
 )
-_PROSPR = ("batch_size", "batchnorm_mode", "num_steps", "inner_lr", "inner_momentum", "remat")
-_GRADUAL = ("batch_size", "batchnorm_mode", "num_batches", "num_rounds")
-# The fields each method reads besides `_EVERY_METHOD` (and `exclude` when unstructured).
-_METHOD_FIELDS = {
-    "prospr": _PROSPR,
-    "prospr_first_order": _PROSPR,
-    "snip": ("batch_size", "batchnorm_mode", "num_batches"),
-    "grasp": ("batch_size", "batchnorm_mode", "num_batches", "grasp_temperature"),
-    "iterative_snip": _GRADUAL,
-    "force": _GRADUAL,
-    "synflow": ("batchnorm_mode", "synflow_rounds", "synflow_float64"),
-    "magnitude": (),
-    "random": (),
-}
+
+
+def method_spec(pc: ml_collections.ConfigDict) -> registry.MethodSpec:
+  """The declaration of the pruning method `pc.method` (not 'dense')."""
+  if pc.method not in registry.METHODS:
+    raise ValueError(
+        f"Unknown pruning method {pc.method!r}; choose {DENSE!r} or one of "
+        f"{sorted(registry.METHODS)}."
+    )
+  return registry.METHODS[pc.method]
 
 
 def fields_read(pc: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The fields of `config.prune` that pruning with `pc.method` reads (`('method',)` for dense)."""
+  """The fields of `config.prune` that pruning with `pc.method` reads (`('method',)` for dense).
+
+  Every method reads `_EVERY_METHOD` (and `exclude` when unstructured); one that needs batches
+  reads `batch_size`, one that runs the model `batchnorm_mode`; then the fields its declaration
+  maps to its options, batch count and loss options (`MethodSpec.config_fields`).
+  """
   if pc.method == DENSE:
     return ("method",)
-  if pc.method not in _METHOD_FIELDS:
-    raise ValueError(
-        f"Unknown pruning method {pc.method!r}; choose {DENSE!r} or one of "
-        f"{sorted(_METHOD_FIELDS)}."
-    )
+  spec = method_spec(pc)
   exclude = () if pc.structured else ("exclude",)
-  return _EVERY_METHOD + exclude + _METHOD_FIELDS[pc.method]
+  batch_size = ("batch_size",) if "batches" in spec.needs else ()
+  batchnorm = ("batchnorm_mode",) if spec.batchnorm_mode is not None else ()
+  return _EVERY_METHOD + exclude + batch_size + batchnorm + spec.config_fields()
 
 
 def check_overrides(pc: ml_collections.ConfigDict, overridden: Iterable[str]) -> None:
@@ -70,25 +73,27 @@ def check_overrides(pc: ml_collections.ConfigDict, overridden: Iterable[str]) ->
     )
 
 
+def _read(sources: Mapping[str, registry.FromConfig | None],
+          pc: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{name: its value read from pc}`, leaving out names with no source or no value set."""
+  values = {name: source.value(pc) for name, source in sources.items() if source is not None}
+  return {name: value for name, value in values.items() if value is not None}
+
+
 def method_options(pc: ml_collections.ConfigDict) -> dict[str, Any]:
   """The method-specific keyword arguments of `prune` read from `config.prune`."""
-  method = pc.method
-  if method in ("prospr", "prospr_first_order"):
-    momentum = pc.inner_momentum or None
-    return {"num_steps": pc.num_steps, "remat": pc.remat,
-            "optimizer": optax.sgd(pc.inner_lr, momentum=momentum)}
-  if method in ("iterative_snip", "force"):
-    return {} if pc.num_rounds is None else {"num_rounds": pc.num_rounds}
-  if method == "synflow":
-    return {"num_rounds": pc.synflow_rounds, "float64": pc.synflow_float64}
-  return {}
+  return _read(method_spec(pc).options, pc)
+
+
+def loss_options(pc: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of the scoring loss (`LinenLoss`) that `pc.method` reads, e.g. a
+  logit temperature."""
+  return _read(method_spec(pc).loss_options, pc)
 
 
 def num_pruning_batches(pc: ml_collections.ConfigDict) -> int:
   """How many batches of `pc.batch_size` a data-dependent method scores on."""
-  if pc.method in ("prospr", "prospr_first_order"):
-    return pc.num_steps + 1
-  return pc.num_batches
+  return method_spec(pc).num_batches.value(pc)
 
 
 def scoring_batchnorm_mode(pc: ml_collections.ConfigDict) -> BatchNormMode | None:
@@ -98,4 +103,68 @@ def scoring_batchnorm_mode(pc: ml_collections.ConfigDict) -> BatchNormMode | Non
   if pc.batchnorm_mode is not None:
     check_batchnorm_mode(pc.batchnorm_mode)
     return pc.batchnorm_mode
-  return registry.METHODS[pc.method].batchnorm_mode
+  return method_spec(pc).batchnorm_mode
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunePlan:
+  """`config.prune`, checked, and what pruning at initialization derives from it (`plan`).
+
+  Attributes:
+    method: a registered method's name, or `DENSE`.
+    sparsity: fraction of the prunable weights (structured: of the channels) removed.
+    structured: channel-group masks (`prospr_jax.structured`) instead of per-weight masks.
+    allocation: how the kept weights are spread over the layers ('global', 'uniform', 'erk').
+    min_kept_per_layer: least weights (structured: channels) kept per layer (group), or None.
+    filter_fn: the prunable params leaves: kernels whose path matches no `exclude` regex.
+    sanity_check: None, 'shuffle', 'reinit' or 'invert' (`prospr_jax.analysis.sanity`).
+    needs: the inputs the method needs (`MethodSpec.needs`; () for dense).
+    batchnorm_mode: how BatchNorm runs while scoring (`scoring_batchnorm_mode`).
+    options: the method's keyword options (`method_options`).
+    loss_options: keyword arguments of the scoring loss (`loss_options`).
+    batch_size: global size of a pruning batch.
+    num_batches: how many pruning batches the method scores on (0: it takes none).
+  """
+
+  method: str
+  sparsity: float
+  structured: bool
+  allocation: str
+  min_kept_per_layer: int | None
+  filter_fn: masks_lib.FilterFn
+  sanity_check: str | None
+  needs: tuple[str, ...]
+  batchnorm_mode: BatchNormMode | None
+  options: Mapping[str, Any]
+  loss_options: Mapping[str, Any]
+  batch_size: int
+  num_batches: int
+
+
+def plan(pc: ml_collections.ConfigDict) -> PrunePlan:
+  """Checks `config.prune` and derives the `PrunePlan` of a run.
+
+  Raises:
+    ValueError: unknown method, sanity check or BatchNorm mode; sparsity outside [0, 1); a
+      sanity check with structured pruning.
+    TypeError: a non-numeric sparsity.
+  """
+  masks_lib.check_sparsity(pc.sparsity)
+  fields_read(pc)  # an unknown method
+  sanity.check_sanity_check(pc.sanity_check)
+  if pc.structured and pc.method != DENSE and pc.sanity_check is not None:
+    raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
+                     "with prune.structured=True.")
+  dense = pc.method == DENSE
+  needs = () if dense else method_spec(pc).needs
+  return PrunePlan(
+      method=pc.method, sparsity=pc.sparsity, structured=pc.structured,
+      allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
+      filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
+      sanity_check=pc.sanity_check, needs=needs,
+      batchnorm_mode=None if dense else scoring_batchnorm_mode(pc),
+      options={} if dense else method_options(pc),
+      loss_options={} if dense else loss_options(pc),
+      batch_size=pc.batch_size,
+      num_batches=num_pruning_batches(pc) if "batches" in needs else 0,
+  )

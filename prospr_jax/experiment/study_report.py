@@ -1,4 +1,5 @@
-"""Tables and plots of a sweep's results (records from `prospr_jax.experiment.grid_sweep.collect_records`).
+"""Tables and plots of a sweep's results (records from
+`prospr_jax.experiment.grid_sweep.collect_records`).
 
 Each record is a dict with at least `method` (the sweep arm, e.g. 'snip' or 'prospr+shuffle'),
 `sparsity` (0.0 for dense arms), `seed`, `final_test_top1` (a fraction) and, for the
@@ -26,15 +27,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from prospr_jax.experiment.grid_sweep import DENSE, parse_arm
+from prospr_jax.saliency import registry
 
 Record = dict[str, Any]
 STD_DDOF = 1
 """Delta degrees of freedom of the reported std over seeds (1: sample standard deviation)."""
-METHOD_ORDER = (
-    "prospr", "prospr_first_order", "snip", "grasp", "synflow", "iterative_snip", "force",
-    "magnitude", "random", "random+erk",
-)
-"""Row order of the tables; other arms follow alphabetically."""
 SANITY_MODIFIERS = ("shuffle", "reinit", "invert")
 CONFIDENCE = 0.95
 TABLE_FILE = "results_table.md"
@@ -74,9 +71,13 @@ def is_sanity_arm(arm: str) -> bool:
 
 
 def ordered_methods(records: Sequence[Record]) -> list[str]:
-  """Pruned arms present (sparsity > 0): `METHOD_ORDER` first, then alphabetical."""
+  """Pruned arms present (sparsity > 0), the row order of the tables: arms of registered
+  methods in declaration order (`registry.METHODS`; each method's plain arm, then its arms
+  with modifiers alphabetically), then the other arms alphabetically."""
   present = {r["method"] for r in records if float(r["sparsity"]) > 0}
-  known = [m for m in METHOD_ORDER if m in present]
+  rank = {name: i for i, name in enumerate(registry.METHODS)}
+  known = sorted((arm for arm in present if parse_arm(arm)[0] in rank),
+                 key=lambda arm: (rank[parse_arm(arm)[0]], parse_arm(arm)[1], arm))
   return known + sorted(present - set(known))
 
 
@@ -304,18 +305,21 @@ def mean_interval(values: Sequence[float]) -> Interval:
   return Interval(mean, mean - half, mean + half, int(x.size))
 
 
-def paired_differences(records: Sequence[Record], reference: str = "prospr",
+def paired_differences(records: Sequence[Record], reference: str | None = None,
                        metric: str = "final_test_top1", scale: float = 100.0
                        ) -> dict[tuple[str, float], Interval]:
-  """`{(arm, sparsity): Interval of scale * (reference - arm)}` over the seeds both have.
+  """`{(arm, sparsity): Interval of scale * (reference - arm)}` over the seeds both have;
+  `reference` defaults to the declared report reference (`registry.report_reference()`).
 
   Runs of one seed share the initialization and the data order across arms, so the
   difference is taken seed by seed (a paired comparison).
   """
+  reference = reference or registry.report_reference()
   value = {(r["method"], float(r["sparsity"]), r["seed"]): scale * float(r[metric])
            for r in records if r.get(metric) is not None}
   out = {}
-  for arm, sparsity in sorted({(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}):
+  pairs = {(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}
+  for arm, sparsity in sorted(pairs):
     seeds = sorted(seed for (a, s, seed) in value if a == arm and s == sparsity
                    and (reference, s, seed) in value)
     if seeds:
@@ -338,8 +342,10 @@ def format_interval(interval: Interval | None) -> str:
   return f"{interval.mean:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]"
 
 
-def paired_table(records: Sequence[Record], reference: str = "prospr") -> str:
-  """Markdown table of `reference` minus each other pruned arm, per sparsity (points)."""
+def paired_table(records: Sequence[Record], reference: str | None = None) -> str:
+  """Markdown table of `reference` (default: `registry.report_reference()`) minus each other
+  pruned arm, per sparsity (points)."""
+  reference = reference or registry.report_reference()
   diffs = paired_differences(records, reference)
   sparsities = ordered_sparsities(records)
   rows = [[m] + [format_interval(diffs.get((m, s))) for s in sparsities]
@@ -446,9 +452,10 @@ def write_report(records: Sequence[Record], output_dir: str,
   """Writes `results_table.md`, `accuracy_vs_sparsity.png` and `layer_density.png`.
 
   The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
-  and, where the records have them, the paired differences against ProsPr, the effective
-  density, the dense convergence check, the sanity checks (and each method minus its sanity
-  arms, paired by seed) and the mask-finding times. The density plot is left out (with no
+  and, where the records have them, the paired differences against the declared report
+  reference (`registry.report_reference()`), the effective density, the dense convergence
+  check, the sanity checks (and each method minus its sanity arms, paired by seed) and the
+  mask-finding times. The density plot is left out (with no
   error) when no record has per-layer densities. Refuses records from several commits unless
   `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
@@ -459,7 +466,7 @@ def write_report(records: Sequence[Record], output_dir: str,
   sections = [f"Runs: {len(records)}; code: {', '.join(str(c) for c in commits)}.\n",
               results_table(main, expected_seeds=expected_seeds)]
   pruned = {r["method"] for r in main if float(r["sparsity"]) > 0}
-  if "prospr" in pruned and len(pruned) > 1:
+  if registry.report_reference() in pruned and len(pruned) > 1:
     sections.append(paired_table(main))
   if any(r.get("effective_density_total") is not None for r in main):
     sections.append(connectivity_table(main))

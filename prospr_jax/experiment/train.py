@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,16 +20,21 @@ import orbax.checkpoint as ocp
 from flax.metrics import tensorboard
 from jax.sharding import Mesh
 
+from prospr_jax import masks as masks_lib
+from prospr_jax import models, structured
+from prospr_jax.adapters import LinenApply, LinenLoss
+from prospr_jax.analysis import connectivity, sanity
 from prospr_jax.experiment import atomic_files
 from prospr_jax.experiment import data as data_lib
-from prospr_jax import masks as masks_lib
-from prospr_jax.analysis import connectivity, sanity
-from prospr_jax import models
-from prospr_jax.experiment import distributed, progress, provenance, prune_config
-from prospr_jax import structured
-from prospr_jax.adapters import LinenApply, LinenLoss
+from prospr_jax.experiment import distributed, progress, provenance, prune_config, run_plan
+from prospr_jax.experiment.train_step import (
+    TrainHyperparams,
+    TrainState,
+    learning_rate_schedule,
+    make_optimizer,
+    train_step,
+)
 from prospr_jax.saliency import registry
-from prospr_jax.experiment.train_step import TrainState, learning_rate_schedule, make_optimizer, train_step
 from prospr_jax.tree_types import PyTree
 
 DENSE = prune_config.DENSE
@@ -69,91 +74,86 @@ def evaluate(state: TrainState, batches: Iterator[PyTree]) -> dict[str, float]:
   return {k: float(sums[k]) / count for k in ("loss", "top1", "top5")}
 
 
+def pruning_batches(plan: run_plan.RunPlan, mesh: Mesh) -> list[PyTree] | None:
+  """The batches the pruning method scores on (None if it takes none).
+
+  `plan.prune.num_batches` batches of `plan.prune.batch_size` (global) from the training split,
+  not augmented, with their own seed (`plan.seed + 1`); this process feeds its rows of each.
+  """
+  prune = plan.prune
+  if not prune.num_batches:
+    return None
+  stream = data_lib.train_batches(
+      plan.data.info.name, batch_size=prune.batch_size, seed=plan.seed + 1,
+      data_dir=plan.data.data_dir, augment=False,
+      rows=distributed.process_rows(prune.batch_size, mesh),
+  )
+  return [distributed.shard_batch(b, mesh) for b in itertools.islice(stream, prune.num_batches)]
+
+
 def prune_at_init(
-    config: ml_collections.ConfigDict,
+    prune: prune_config.PrunePlan,
     model: nn.Module,
     variables: PyTree,
     input_shape: tuple[int, ...],
     key: jax.Array,
-    mesh: Mesh,
+    batches: Sequence[PyTree] | None = None,
 ) -> PyTree:
-  """Bool masks for `variables['params']` from `config.prune` (all True for 'dense').
+  """Bool masks for `variables['params']` as `prune` says (all True for 'dense').
 
-  `config.prune.sanity_check == 'invert'` keeps each layer's lowest-scored weights instead
-  (see `prospr_jax.analysis.sanity`). With `config.prune.structured`, channel-group masks from `structured.structured_prune`
-  (`sparsity` is then the fraction of channels removed, `min_kept_per_layer` the minimum
-  kept per channel group, `exclude` is not used: the head is never pruned). Pruning batches
-  of `config.prune.batch_size` (global) are drawn from the training split (no augmentation)
-  with their own seed; this process feeds its rows of each. BatchNorm runs in
-  `prune_config.scoring_batchnorm_mode(config.prune)` while scoring.
+  `prune.sanity_check == 'invert'` keeps each layer's lowest-scored weights instead (see
+  `prospr_jax.analysis.sanity`). With `prune.structured`, channel-group masks from
+  `structured.structured_prune` (`sparsity` is then the fraction of channels removed,
+  `min_kept_per_layer` the minimum kept per channel group; the head is never pruned).
+  `batches`: the method's scoring batches (`pruning_batches`). BatchNorm runs in
+  `prune.batchnorm_mode` while scoring.
   """
-  pc = config.prune
   params = variables["params"]
-  if pc.method == DENSE:
+  if prune.method == DENSE:
     return masks_lib.ones_masks(params, dtype=bool)
-  if pc.method not in registry.METHODS:
-    raise ValueError(
-        f"Unknown pruning method {pc.method!r}; choose 'dense' or one of {sorted(registry.METHODS)}."
-    )
   state = {k: v for k, v in variables.items() if k != "params"}
-  needs = registry.METHODS[pc.method].needs
-  batches = None
-  if "batches" in needs:
-    distributed.check_batch_size(pc.batch_size, mesh)
-    stream = data_lib.train_batches(
-        config.dataset, batch_size=pc.batch_size, seed=config.seed + 1,
-        data_dir=config.data_dir, augment=False, rows=distributed.process_rows(pc.batch_size, mesh),
-    )
-    batches = [distributed.shard_batch(b, mesh) for b in
-               itertools.islice(stream, prune_config.num_pruning_batches(pc))]
-  bn_mode = prune_config.scoring_batchnorm_mode(pc)
-  temperature = pc.grasp_temperature if pc.method == "grasp" else 1.0
   loss_fn = (
-      LinenLoss(model, bn_mode=bn_mode, temperature=temperature) if "loss_fn" in needs else None
+      LinenLoss(model, bn_mode=prune.batchnorm_mode, **prune.loss_options)
+      if "loss_fn" in prune.needs else None
   )
-  if pc.structured:  # coupled channel groups (see prospr_jax.structured)
-    if pc.sanity_check is not None:
-      raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
-                       "with prune.structured=True.")
+  if prune.structured:  # coupled channel groups (see prospr_jax.structured)
     return structured.structured_prune(
-        pc.method, model, variables, batches, pc.sparsity,
+        prune.method, model, variables, batches, prune.sparsity,
         example_input=jax.ShapeDtypeStruct((1, *input_shape), jnp.float32), key=key,
-        min_kept_per_group=pc.min_kept_per_layer, allocation=pc.allocation, loss_fn=loss_fn,
-        **prune_config.method_options(pc),
+        min_kept_per_group=prune.min_kept_per_layer, allocation=prune.allocation,
+        loss_fn=loss_fn, **prune.options,
     )
-  apply_fn = LinenApply(model, state, bn_mode=bn_mode) if "apply_fn" in needs else None
+  apply_fn = (LinenApply(model, state, bn_mode=prune.batchnorm_mode)
+              if "apply_fn" in prune.needs else None)
   return registry.prune(
-      pc.method, params, pc.sparsity,
+      prune.method, params, prune.sparsity,
       loss_fn=loss_fn, batches=batches, state=state, apply_fn=apply_fn,
-      input_shape=input_shape, key=key,
-      filter_fn=masks_lib.kernel_filter(exclude=tuple(pc.exclude)),
-      allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
-      invert=pc.sanity_check == "invert",
-      **prune_config.method_options(pc),
+      input_shape=input_shape, key=key, filter_fn=prune.filter_fn,
+      allocation=prune.allocation, min_kept_per_layer=prune.min_kept_per_layer,
+      invert=prune.sanity_check == "invert", **prune.options,
   )
 
 
 def find_masks(
-    config: ml_collections.ConfigDict,
+    prune: prune_config.PrunePlan,
     model: nn.Module,
     variables: PyTree,
     input_shape: tuple[int, ...],
     key: jax.Array,
-    mesh: Mesh,
+    load_batches: Callable[[], Sequence[PyTree] | None] = lambda: None,
 ) -> tuple[PyTree, dict[str, Any]]:
   """The masks `train_and_evaluate` trains with, and what it records about finding them.
 
-  Prunes `variables` (`prune_at_init`); with `config.prune.sanity_check == 'shuffle'` the kept
-  positions are then permuted within each layer. Returns the masks and `{'prune_seconds',
-  'connectivity'}`: the wall time of both steps and the masks' effective sparsity and
-  collapsed layers (`prospr_jax.analysis.connectivity`, on `variables`).
+  Loads the scoring batches (`load_batches()`) and prunes `variables` (`prune_at_init`); with
+  `prune.sanity_check == 'shuffle'` the kept positions are then permuted within each layer.
+  Returns the masks and `{'prune_seconds', 'connectivity'}`: the wall time of these steps (data
+  loading included) and the masks' effective sparsity and collapsed layers
+  (`prospr_jax.analysis.connectivity`, on `variables`).
   """
-  pc = config.prune
   start = time.perf_counter()
-  masks = prune_at_init(config, model, variables, input_shape, key, mesh)
-  filter_fn = masks_lib.kernel_filter(exclude=tuple(pc.exclude))
-  if pc.sanity_check == "shuffle":
-    masks = sanity.shuffle_within_layers(masks, jax.random.fold_in(key, 1), filter_fn)
+  masks = prune_at_init(prune, model, variables, input_shape, key, load_batches())
+  if prune.sanity_check == "shuffle":
+    masks = sanity.shuffle_within_layers(masks, jax.random.fold_in(key, 1), prune.filter_fn)
   masks = jax.block_until_ready(masks)
   seconds = time.perf_counter() - start
   params = variables["params"]
@@ -161,9 +161,9 @@ def find_masks(
   full_masks = jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape), masks, params)
   effective = connectivity.effective_masks(
       full_masks, params, apply_fn=LinenApply(model, state), input_shape=input_shape,
-      filter_fn=filter_fn,
+      filter_fn=prune.filter_fn,
   )
-  summary = connectivity.connectivity_summary(full_masks, effective, filter_fn)
+  summary = connectivity.connectivity_summary(full_masks, effective, prune.filter_fn)
   return masks, {"prune_seconds": seconds, "connectivity": summary}
 
 
@@ -192,18 +192,18 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict,
+    hyperparams: TrainHyperparams,
     model: nn.Module,
     variables: PyTree,
     masks: PyTree,
     schedule: optax.Schedule,
 ) -> TrainState:
-  """A `TrainState` with masked initial params and the keep_masked optimizer (see
-  `distributed.replicate` to place it on a mesh)."""
+  """A `TrainState` with masked initial params and the keep_masked optimizer of `hyperparams`
+  (`config.train`; see `distributed.replicate` to place it on a mesh)."""
   return TrainState.create(
       apply_fn=model.apply,
       params=masks_lib.apply_masks(variables["params"], masks),
-      tx=make_optimizer(config.train, schedule, masks),
+      tx=make_optimizer(hyperparams, schedule, masks),
       batch_stats=variables.get("batch_stats", {}),
       masks=masks,
   )
@@ -241,7 +241,7 @@ def restore_checkpoint(
 
 
 def _restore_latest(
-    config: ml_collections.ConfigDict,
+    hyperparams: TrainHyperparams,
     model: nn.Module,
     variables: PyTree,
     schedule: optax.Schedule,
@@ -253,7 +253,7 @@ def _restore_latest(
   metadata."""
   # The saved masks give the template its mask shapes (per-channel masks are not full-size).
   saved_masks = masks_lib.load_masks(os.path.join(workdir, "masks.npz"), variables["params"])
-  template = create_train_state(config, model, variables, saved_masks, schedule)
+  template = create_train_state(hyperparams, model, variables, saved_masks, schedule)
   return restore_checkpoint(manager, distributed.replicate(template, mesh))
 
 
@@ -264,8 +264,8 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
   model = models.get_model(config.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
-  state, _ = _restore_latest(config, model, variables, optax.constant_schedule(0.0), workdir,
-                             checkpoint_manager(workdir), distributed.data_mesh())
+  state, _ = _restore_latest(config.train, model, variables, optax.constant_schedule(0.0),
+                             workdir, checkpoint_manager(workdir), distributed.data_mesh())
   return config, model, state
 
 
@@ -285,93 +285,158 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Data-parallel over all devices of all processes (batch sharded, state replicated); the
   global batches, hence the results, do not depend on the number of devices or processes.
-  Process 0 writes to `workdir`: `config.json`; `masks.npz` (bool masks, see
-  `masks.load_masks`); TensorBoard summaries; `results.json` (config, final/best test accuracy,
-  per-layer density, pruning and training seconds); all processes write the orbax checkpoints
-  of the whole train state in `checkpoints/` every `config.train.checkpoint_every_steps` steps
-  and at the end. A rerun with the same config resumes from the latest checkpoint (same final
-  params as an uninterrupted run); a workdir holding another config is refused. Progress goes
-  to the `prospr_jax` logger (see `progress.show_on`). Returns the results dict.
+  The config is checked (`run_plan.plan_run`) before any file is written. Process 0 writes to
+  `workdir`: `config.json`; `masks.npz` (bool masks, see `masks.load_masks`); TensorBoard
+  summaries; `results.json` (config, final/best test accuracy, per-layer density, pruning and
+  training seconds); all processes write the orbax checkpoints of the whole train state in
+  `checkpoints/` every `config.train.checkpoint_every_steps` steps and at the end. A rerun
+  with the same config resumes from the latest checkpoint (same final params as an
+  uninterrupted run); a workdir holding another config is refused. Progress goes to the
+  `prospr_jax` logger (see `progress.show_on`). Returns the results dict.
   """
-  masks_lib.check_sparsity(config.prune.sparsity)
-  prune_config.fields_read(config.prune)  # an unknown method fails before any work
-  sanity.check_sanity_check(config.prune.sanity_check)
-  distributed.initialize_distributed(config.distributed)
-  _claim_workdir(config, workdir)
-  mesh = distributed.data_mesh()
-  tc = config.train
-  for batch_size in (tc.batch_size, tc.eval_batch_size):
-    distributed.check_batch_size(batch_size, mesh)
-  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
-  _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", config.dataset,
-          info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
-  model = models.get_model(config.model, info.num_classes)
-  init_key, prune_key = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = distributed.replicate(models.init_variables(model, init_key, info.image_shape), mesh)
-  if config.prune.sanity_check == "reinit":  # train the mask from a fresh initialization
-    train_variables = models.init_variables(model, jax.random.fold_in(init_key, 1),
-                                            info.image_shape)
-    train_variables = distributed.replicate(train_variables, mesh)
-  else:
-    train_variables = variables
-  steps_per_epoch = info.num_train // tc.batch_size
-  if tc.steps_per_epoch > 0:
-    steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
-  total_steps = tc.num_epochs * steps_per_epoch
-  schedule = learning_rate_schedule(tc, steps_per_epoch)
-  filter_fn = masks_lib.kernel_filter(exclude=tuple(config.prune.exclude))
+  plan, mesh = _set_up(config, workdir)
+  init_key, prune_key = jax.random.split(jax.random.PRNGKey(plan.seed))
+  variables, train_variables = _initial_variables(plan, init_key, mesh)
+  schedule = learning_rate_schedule(plan.train.hyperparams, plan.train.steps_per_epoch)
   manager = checkpoint_manager(workdir)
+  state, meta = _prune_or_resume(plan, variables, train_variables, prune_key, schedule, manager,
+                                 workdir, mesh)
+  density = masks_lib.density_summary(state.masks, state.params, plan.prune.filter_fn)
+  _report("pruned with %s in %s: %.2f%% of the prunable weights kept", plan.prune.method,
+          progress.format_duration(meta["prune_seconds"]), 100 * density["density/total"])
   writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
-
-  if manager.latest_step() is None:
-    _report("pruning with %s ...", config.prune.method)
-    masks, meta = find_masks(config, model, variables, info.image_shape, prune_key, mesh)
-    meta |= {"train_seconds": 0.0, "history": []}
-    state = distributed.replicate(
-        create_train_state(config, model, train_variables, masks, schedule), mesh)
-    if jax.process_index() == 0:
-      masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
-  else:
-    state, meta = _restore_latest(config, model, train_variables, schedule, workdir, manager,
-                                  mesh)
-    _report("Resumed from the checkpoint at step %d.", int(state.step))
-  density = masks_lib.density_summary(state.masks, state.params, filter_fn)
-  _report("pruned with %s in %s: %.2f%% of the prunable weights kept", config.prune.method,
-          progress.format_duration(meta["prune_seconds"]), 100 * density["density/total"])
   _write_summaries(writer, 0, density)
+  _train(plan, state, meta, schedule, manager, writer, mesh)
+  if writer is not None:
+    writer.close()
+  return _write_results(config, workdir, plan.data.info, density, meta)
 
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.RunPlan, Mesh]:
+  """Joins a multi-process run (`config.distributed`), checks `config` (`run_plan.plan_run`)
+  and claims `workdir` for it; returns the run's plan and the mesh of all devices."""
+  distributed.initialize_distributed(config.distributed)
+  mesh = distributed.data_mesh()
+  plan = run_plan.plan_run(config, mesh)
+  _claim_workdir(config, workdir)
+  info = plan.data.info
+  _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
+          info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
+  return plan, mesh
+
+
+def _initial_variables(
+    plan: run_plan.RunPlan, init_key: jax.Array, mesh: Mesh
+) -> tuple[PyTree, PyTree]:
+  """The variables pruning scores (from `init_key`) and those training starts from, replicated
+  over `mesh`: the same, except for the 'reinit' sanity check (a fresh initialization)."""
+  shape = plan.data.info.image_shape
+  variables = distributed.replicate(models.init_variables(plan.model, init_key, shape), mesh)
+  if plan.prune.sanity_check != "reinit":
+    return variables, variables
+  fresh = models.init_variables(plan.model, jax.random.fold_in(init_key, 1), shape)
+  return variables, distributed.replicate(fresh, mesh)
+
+
+def _prune_or_resume(
+    plan: run_plan.RunPlan,
+    variables: PyTree,
+    train_variables: PyTree,
+    prune_key: jax.Array,
+    schedule: optax.Schedule,
+    manager: ocp.CheckpointManager,
+    workdir: str,
+    mesh: Mesh,
+) -> tuple[TrainState, dict[str, Any]]:
+  """The train state to train from, on `mesh`, and the run's metadata: a new run prunes
+  (`_prune_and_start`), one with a checkpoint resumes from its latest."""
+  if manager.latest_step() is None:
+    return _prune_and_start(plan, variables, train_variables, prune_key, schedule, workdir,
+                            mesh)
+  state, meta = _restore_latest(plan.train.hyperparams, plan.model, train_variables, schedule,
+                                workdir, manager, mesh)
+  _report("Resumed from the checkpoint at step %d.", int(state.step))
+  return state, meta
+
+
+def _prune_and_start(
+    plan: run_plan.RunPlan,
+    variables: PyTree,
+    train_variables: PyTree,
+    key: jax.Array,
+    schedule: optax.Schedule,
+    workdir: str,
+    mesh: Mesh,
+) -> tuple[TrainState, dict[str, Any]]:
+  """Finds the masks (`find_masks`; process 0 saves them to `masks.npz`) and returns the
+  initial train state on `mesh` and the run's metadata (what pruning recorded, no history)."""
+  _report("pruning with %s ...", plan.prune.method)
+  masks, meta = find_masks(plan.prune, plan.model, variables, plan.data.info.image_shape, key,
+                           lambda: pruning_batches(plan, mesh))
+  meta |= {"train_seconds": 0.0, "history": []}
+  state = distributed.replicate(
+      create_train_state(plan.train.hyperparams, plan.model, train_variables, masks, schedule),
+      mesh)
+  if jax.process_index() == 0:
+    masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
+  return state, meta
+
+
+def _train(
+    plan: run_plan.RunPlan,
+    state: TrainState,
+    meta: dict[str, Any],
+    schedule: optax.Schedule,
+    manager: ocp.CheckpointManager,
+    writer: tensorboard.SummaryWriter | None,
+    mesh: Mesh,
+) -> None:
+  """Trains from `state` to `plan.train.total_steps`, evaluating at the ends of epochs and
+  checkpointing (the trained state is the last checkpoint); appends the epochs' records to
+  `meta['history']` and adds the time spent to `meta['train_seconds']` (both checkpointed
+  with the state)."""
+  tp = plan.train
   batches = data_lib.train_batches(
-      config.dataset, batch_size=tc.batch_size, seed=config.seed, data_dir=config.data_dir,
-      augment=config.augment, rows=distributed.process_rows(tc.batch_size, mesh),
+      plan.data.info.name, batch_size=tp.batch_size, seed=plan.seed,
+      data_dir=plan.data.data_dir, augment=plan.data.augment,
+      rows=distributed.process_rows(tp.batch_size, mesh),
   )
   first_step = int(state.step)
   batches = itertools.islice(batches, first_step, None)  # the data position of a resumed run
-  history = meta["history"]
-  meter = progress.Progress(first_step, total_steps, steps_per_epoch)
+  meter = progress.Progress(first_step, tp.total_steps, tp.steps_per_epoch)
   start, metrics = time.perf_counter(), []
-  for step in range(first_step + 1, total_steps + 1):
+  for step in range(first_step + 1, tp.total_steps + 1):
     state, m = train_step(state, distributed.shard_batch(next(batches), mesh))
     metrics.append(m)
-    if step % tc.log_every_steps == 0:
+    if step % tp.log_every_steps == 0:
       line, rate = meter.line(step, float(m["loss"]))
       _report("%s", line)
       _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
                                       "learning_rate": float(schedule(step))})
-    if step % steps_per_epoch == 0:
-      epoch = step // steps_per_epoch
-      test = epoch % tc.eval_every_epochs == 0 or epoch == tc.num_epochs
-      history.append(_end_of_epoch(config, state, metrics, mesh, epoch, test))
-      _write_summaries(writer, step, {k: v for k, v in history[-1].items() if k != "epoch"})
+    if step % tp.steps_per_epoch == 0:
+      epoch = step // tp.steps_per_epoch
+      test = epoch % tp.eval_every_epochs == 0 or epoch == tp.num_epochs
+      meta["history"].append(_end_of_epoch(plan, state, metrics, mesh, epoch, test))
+      _write_summaries(writer, step, {k: v for k, v in meta["history"][-1].items()
+                                      if k != "epoch"})
       metrics = []
-    if step % tc.checkpoint_every_steps == 0 or step == total_steps:
+    if step % tp.checkpoint_every_steps == 0 or step == tp.total_steps:
       meta["train_seconds"] += time.perf_counter() - start
       start = time.perf_counter()
       save_checkpoint(manager, state, meta)
   manager.wait_until_finished()
-  if writer is not None:
-    writer.close()
 
+
+def _write_results(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    info: data_lib.DatasetInfo,
+    density: dict[str, float],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+  """The run's results (see `train_and_evaluate`); process 0 writes them to `results.json`."""
+  history = meta["history"]
   results = {
       "config": json.loads(config.to_json()),
       "final_test_top1": history[-1]["test_top1"],
@@ -390,7 +455,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 def _end_of_epoch(
-    config: ml_collections.ConfigDict,
+    plan: run_plan.RunPlan,
     state: TrainState,
     metrics: list[dict[str, jax.Array]],
     mesh: Mesh,
@@ -401,15 +466,15 @@ def _end_of_epoch(
   record = {"epoch": epoch,
             "train_loss": float(np.mean([m["loss"] for m in metrics])),
             "train_accuracy": float(np.mean([m["accuracy"] for m in metrics]))}
+  num_epochs = plan.train.num_epochs
   if not test:
-    _report("epoch %d/%d done: train loss %.4f", epoch, config.train.num_epochs,
-            record["train_loss"])
+    _report("epoch %d/%d done: train loss %.4f", epoch, num_epochs, record["train_loss"])
     return record
-  rows = distributed.process_rows(config.train.eval_batch_size, mesh)
+  rows = distributed.process_rows(plan.train.eval_batch_size, mesh)
   result = evaluate(state, (distributed.shard_batch(b, mesh) for b in data_lib.eval_batches(
-      config.dataset, batch_size=rows.stop - rows.start, data_dir=config.data_dir)))
+      plan.data.info.name, batch_size=rows.stop - rows.start, data_dir=plan.data.data_dir)))
   record |= {"test_loss": result["loss"], "test_top1": result["top1"],
              "test_top5": result["top5"]}
-  _report("epoch %d/%d done: train loss %.4f, test top-1 %.2f%%", epoch,
-          config.train.num_epochs, record["train_loss"], 100 * record["test_top1"])
+  _report("epoch %d/%d done: train loss %.4f, test top-1 %.2f%%", epoch, num_epochs,
+          record["train_loss"], 100 * record["test_top1"])
   return record

@@ -8,7 +8,18 @@ from prospr_jax.saliency.prospr import (
     meta_gradient,
     prospr_scores,
 )
-from prospr_jax.saliency.registry import METHODS, PruneInputs, prune, register
+from prospr_jax.saliency.registry import (
+    METHODS,
+    ChannelScorer,
+    FromConfig,
+    MethodSpec,
+    PruneInputs,
+    from_config,
+    prune,
+    register,
+    registered,
+    unregister,
+)
 from prospr_jax.saliency.simple import magnitude_scores, random_scores
 from prospr_jax.saliency.snip import (
     connection_sensitivity,
@@ -18,3 +29,6 @@ from prospr_jax.saliency.snip import (
     snip_scores,
 )
 from prospr_jax.saliency.synflow import synflow_masks, synflow_scores
+
+# Declares the built-in methods in METHODS; last, as it imports the criteria above.
+from prospr_jax.saliency import methods  # pylint: disable=g-bad-import-order

@@ -23,7 +23,12 @@ def restrict(tree: PyTree, prunable: tuple[bool, ...]) -> PyTree:
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "prunable"))
 def loss_gradient(
-    params: PyTree, state: PyTree, batch: PyTree, *, loss_fn: StatefulLossFn, prunable: tuple[bool, ...]
+    params: PyTree,
+    state: PyTree,
+    batch: PyTree,
+    *,
+    loss_fn: StatefulLossFn,
+    prunable: tuple[bool, ...],
 ) -> PyTree:
   """`g = ∇w L(θ; batch)` over the prunable leaves `w` of `θ`; zeros on the other leaves."""
   return restrict(jax.grad(loss_fn, has_aux=True)(params, state, batch)[0], prunable)

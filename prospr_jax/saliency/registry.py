@@ -1,18 +1,27 @@
-"""Registry of pruning methods by name, and `prune`, the one entry point that returns masks."""
+"""The table of pruning methods, each declared once as a `MethodSpec`, and `prune`, the one
+entry point that returns masks.
+
+A `MethodSpec` says everything about a method that code outside its implementation needs: its
+function, the inputs it needs, its options, whether it is one-shot, the BatchNorm mode it
+scores in, its channel-group (structured) scorer, where the experiments read its options from
+(`config.prune` field names, as plain strings) and its place in sweeps and reports. The
+built-in methods are declared in `prospr_jax.saliency.methods`; `registered(spec)` adds one for
+the length of a `with` block (tests).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.analysis import sanity
-from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
-from prospr_jax.saliency.objective import BatchNormMode
+from prospr_jax.saliency.objective import BATCHNORM_MODES, BatchNormMode
 from prospr_jax.tree_types import PyTree
 
 
@@ -31,133 +40,162 @@ class PruneInputs:
 
 
 MethodFn = Callable[..., PyTree]
-"""`fn(inputs, sparsity, select, **options) -> bool masks`."""
+"""`fn(inputs: PruneInputs, sparsity, select, **options) -> bool masks`; `select(scores,
+sparsity)` turns one score pytree into masks (allocation, minimum per layer, sanity checks)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class Method:
-  """A registered pruning method: what it needs, its option names, whether it selects once
-  from one score pytree (`one_shot`) or iterates, and the BatchNorm mode its authors' code
-  scores in (`None` for the methods that run no model). (Channel pruning: see
-  `prospr_jax.structured`.)"""
+class FromConfig:
+  """Where the experiments read a value from: `build(*[config.prune.<f> for f in fields])`.
 
+  When every one of the fields is None the value is left out (the method's default applies).
+  """
+
+  fields: tuple[str, ...]
+  build: Callable[..., Any] | None = None
+
+  def value(self, section: Any) -> Any:
+    """The value read from `section` (an object with the fields as attributes), or None when
+    every field is None."""
+    values = [getattr(section, f) for f in self.fields]
+    if all(v is None for v in values):
+      return None
+    return self.build(*values) if self.build else values[0]
+
+
+def from_config(*fields: str, build: Callable[..., Any] | None = None) -> FromConfig:
+  """`FromConfig(fields, build)`: `from_config('num_rounds')` reads one field as it is."""
+  if not fields or (build is None and len(fields) > 1):
+    raise ValueError("from_config takes one field, or several with a build function.")
+  return FromConfig(fields, build)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelScorer:
+  """A method's channel-group (structured) form: `fn(inputs: structured.scoring.ScoreInputs,
+  **options) -> {group name: float64 (size,) scores}`, reading the `ScoreInputs` fields in
+  `needs`; it takes the same options as the method."""
+
+  fn: Callable[..., dict[str, Any]]
+  needs: tuple[str, ...] = ()
+
+
+_PRUNE_INPUTS = tuple(f.name for f in dataclasses.fields(PruneInputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+  """Everything about one pruning method outside its implementation.
+
+  Attributes:
+    name: what `prune(method=...)` and `config.prune.method` call it.
+    fn: the method (`MethodFn`).
+    needs: the `PruneInputs` fields it needs besides `params` (e.g. `('loss_fn', 'batches')`).
+    options: its keyword options, each mapped to the `config.prune` field(s) the experiments
+      read it from (None: not set from the config).
+    one_shot: whether it selects once from one score pytree (the `invert` sanity check needs
+      that) rather than iterating.
+    batchnorm_mode: the BatchNorm mode its authors' code scores in (None: it runs no model).
+    num_batches: how many batches it scores on in the experiments (methods needing batches).
+    loss_options: keyword arguments of the experiments' scoring loss
+      (`prospr_jax.adapters.LinenLoss`), e.g. a logit temperature, from the config.
+    channel_scorer: its channel-group form (None: no structured form).
+    in_default_sweep: whether a sweep without an explicit method list runs it.
+    report_reference: whether the study report compares every other method against it (one
+      method at most).
+  """
+
+  name: str
   fn: MethodFn
-  needs: tuple[str, ...]
-  options: tuple[str, ...]
-  one_shot: bool
-  batchnorm_mode: BatchNormMode | None
+  needs: tuple[str, ...] = ()
+  options: Mapping[str, FromConfig | None] = dataclasses.field(default_factory=dict)
+  one_shot: bool = False
+  batchnorm_mode: BatchNormMode | None = None
+  num_batches: FromConfig = from_config("num_batches")
+  loss_options: Mapping[str, FromConfig] = dataclasses.field(default_factory=dict)
+  channel_scorer: ChannelScorer | None = None
+  in_default_sweep: bool = True
+  report_reference: bool = False
+
+  def __post_init__(self):
+    unknown = sorted(set(self.needs) - set(_PRUNE_INPUTS))
+    if unknown:
+      raise ValueError(f"Method {self.name!r} needs {unknown}, which are not PruneInputs "
+                       f"fields {list(_PRUNE_INPUTS)}.")
+    if self.batchnorm_mode not in (None, *BATCHNORM_MODES):
+      raise ValueError(f"Method {self.name!r}: batchnorm_mode must be None or one of "
+                       f"{BATCHNORM_MODES}, not {self.batchnorm_mode!r}.")
+
+  def config_fields(self) -> tuple[str, ...]:
+    """The `config.prune` fields its options, batch count and loss options are read from (in
+    that order, each once)."""
+    sources = [*self.options.values(), *self.loss_options.values()]
+    if "batches" in self.needs:
+      sources.insert(0, self.num_batches)
+    return tuple(dict.fromkeys(f for s in sources if s is not None for f in s.fields))
 
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, MethodSpec] = {}
+"""The registered methods by name, in declaration order (the order of sweeps and reports)."""
 
 
-def register(
-    name: str,
-    *,
-    needs: tuple[str, ...],
-    options: tuple[str, ...] = (),
-    one_shot: bool = False,
-    batchnorm_mode: BatchNormMode | None = None,
-):
-  """Decorator adding a method to `METHODS` under `name` (see `Method` for the fields);
-  `options`: its keyword options."""
-
-  def add(fn: MethodFn) -> MethodFn:
-    METHODS[name] = Method(fn, needs, options, one_shot, batchnorm_mode)
-    return fn
-
-  return add
+def register(spec: MethodSpec) -> MethodSpec:
+  """Adds `spec` to `METHODS`; a name already taken or a second report reference is an error."""
+  if spec.name in METHODS:
+    raise ValueError(f"A pruning method named {spec.name!r} is already registered.")
+  if spec.report_reference and report_reference() is not None:
+    raise ValueError(f"{spec.name!r} cannot be the report reference: {report_reference()!r} is.")
+  METHODS[spec.name] = spec
+  return spec
 
 
-def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
-  """Wraps `score_fn(inputs, **options) -> scores` into a method that selects the top scores."""
-
-  def fn(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
-    return select(score_fn(inputs, **options), sparsity)
-
-  return fn
+def unregister(name: str) -> None:
+  """Removes the method `name` from `METHODS`."""
+  get(name)
+  del METHODS[name]
 
 
-_DATA = ("loss_fn", "batches")
-_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
+@contextlib.contextmanager
+def registered(*specs: MethodSpec) -> Iterator[tuple[MethodSpec, ...]]:
+  """Registers `specs` for the length of a `with` block, then removes them."""
+  done = []
+  try:
+    for spec in specs:
+      done.append(register(spec))
+    yield specs
+  finally:
+    for spec in done:
+      unregister(spec.name)
 
 
-def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
-  return prospr.prospr_scores(
-      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      first_order=first_order, **options,
-  )
+def get(name: str) -> MethodSpec:
+  """The method registered as `name`; ValueError naming the registered ones otherwise."""
+  if name not in METHODS:
+    raise ValueError(f"Unknown pruning method {name!r}; choose one of {sorted(METHODS)}.")
+  return METHODS[name]
 
 
-# BatchNorm modes of the authors' code while scoring (docs/methods.md): mil-ad/prospr calls
-# `net.train()`; SNIP (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a
-# fresh model, in train mode; naver/force never leaves train mode; Synaptic-Flow's `prune_loop`
-# calls `model.eval()` for SynFlow.
-register("prospr", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
-         batchnorm_mode="train")(
-    _one_shot(functools.partial(_prospr, first_order=False))
-)
-register("prospr_first_order", needs=_DATA, options=_PROSPR_OPTIONS, one_shot=True,
-         batchnorm_mode="train")(
-    _one_shot(functools.partial(_prospr, first_order=True))
-)
+def default_sweep_methods() -> tuple[str, ...]:
+  """The methods a sweep runs by default, in declaration order."""
+  return tuple(name for name, spec in METHODS.items() if spec.in_default_sweep)
 
 
-@register("snip", needs=_DATA, one_shot=True, batchnorm_mode="eval")
-@_one_shot
-def _snip(inputs: PruneInputs) -> PyTree:
-  return snip.snip_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
+def report_reference() -> str | None:
+  """The method the study report compares the others against, or None if none is declared."""
+  return next((name for name, spec in METHODS.items() if spec.report_reference), None)
 
 
-@register("grasp", needs=_DATA, one_shot=True, batchnorm_mode="train")
-@_one_shot
-def _grasp(inputs: PruneInputs) -> PyTree:
-  return grasp.grasp_scores(
-      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
-      filter_fn=inputs.filter_fn,
-  )
+def structured_methods() -> tuple[str, ...]:
+  """The methods with a channel-group (structured) form, in declaration order."""
+  return tuple(name for name, spec in METHODS.items() if spec.channel_scorer is not None)
 
 
-@register("magnitude", needs=(), one_shot=True)
-@_one_shot
-def _magnitude(inputs: PruneInputs) -> PyTree:
-  return simple.magnitude_scores(inputs.params)
-
-
-@register("random", needs=("key",), one_shot=True)
-@_one_shot
-def _random(inputs: PruneInputs) -> PyTree:
-  return simple.random_scores(inputs.params, inputs.key)
-
-
-def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bool, **options):
-  return snip.gradual_sensitivity_masks(
-      inputs.loss_fn, inputs.params, inputs.batches, sparsity, select, state=inputs.state,
-      allow_regrowth=allow_regrowth, **options,
-  )
-
-
-register("iterative_snip", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
-    functools.partial(_gradual, allow_regrowth=False)
-)
-register("force", needs=_DATA, options=("num_rounds",), batchnorm_mode="train")(
-    functools.partial(_gradual, allow_regrowth=True)
-)
-
-
-@register("synflow", needs=("apply_fn", "input_shape"), options=("num_rounds", "float64"),
-          batchnorm_mode="eval")
-def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
-  return synflow.synflow_masks(
-      inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
-  )
-
-
-def check_options(method: str, given: Iterable[str], accepted: Sequence[str]) -> None:
+def check_options(method: str, given: Iterable[str], accepted: Iterable[str]) -> None:
   """Raises ValueError naming the accepted options if `given` holds a name not in `accepted`."""
+  accepted = sorted(accepted)
   unknown = sorted(set(given) - set(accepted))
   if unknown:
-    takes = f"its options are {sorted(accepted)}" if accepted else "it takes no options"
+    takes = f"its options are {accepted}" if accepted else "it takes no options"
     raise ValueError(f"Method {method!r} has no option(s) {unknown}: {takes}.")
 
 
@@ -181,8 +219,7 @@ def prune(
   """Prunes `params` at initialization with the method registered as `method`.
 
   Args:
-    method: a name in `METHODS`: 'prospr', 'prospr_first_order', 'snip', 'grasp',
-      'iterative_snip', 'force', 'synflow', 'magnitude', 'random'.
+    method: a name in `METHODS`.
     params: the initial params.
     sparsity: fraction of prunable weights removed, in [0, 1).
     loss_fn: `loss_fn(params, batch) -> loss`, or with `state`,
@@ -191,14 +228,14 @@ def prune(
     state: model state such as BatchNorm statistics; never modified.
     apply_fn: `apply_fn(params, x) -> outputs` in eval mode (SynFlow).
     input_shape: one example's input shape (SynFlow).
-    key: PRNG key ('random').
+    key: PRNG key (random scores).
     filter_fn: `filter_fn(path, leaf) -> bool` choosing prunable leaves.
     allocation, min_kept_per_layer: see `masks_from_scores`.
     invert: the `invert` sanity check (Frankle et al. 2021): every prunable layer keeps its
       lowest-scored weights, as many as the method would keep there (one-shot methods only;
       see `prospr_jax.analysis.sanity.invert_selection`).
-    **options: the method's options (`METHODS[method].options`): `num_steps`, `optimizer`,
-      `remat` (ProsPr), `num_rounds` (iterative SNIP, FORCE, SynFlow), `float64` (SynFlow).
+    **options: the method's options (`METHODS[method].options`), e.g. ProsPr's `num_steps`,
+      `optimizer`, `remat`.
 
   Returns:
     A bool mask pytree with the structure of `params`.
@@ -207,9 +244,7 @@ def prune(
     ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
     TypeError: non-numeric sparsity, params that are not floating point, `structured=`.
   """
-  if method not in METHODS:
-    raise ValueError(f"Unknown pruning method {method!r}; choose one of {sorted(METHODS)}.")
-  spec = METHODS[method]
+  spec = get(method)
   if "structured" in options:
     raise TypeError(
         "prune() has no structured mode: channel pruning, with the channels that must go "

@@ -1,4 +1,5 @@
-"""Connection sensitivity: SNIP (Lee et al. 2019), iterative SNIP and FORCE (de Jorge et al. 2021)."""
+"""Connection sensitivity: SNIP (Lee et al. 2019), iterative SNIP and FORCE (de Jorge et al.
+2021)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from prospr_jax.tree_types import PyTree
 from prospr_jax.saliency.objective import StatefulLossFn
 
 SelectFn = Callable[..., PyTree]
-"""`select(scores, sparsity, eligible=None) -> bool masks`, e.g. a partial of `masks_from_scores`."""
+"""`select(scores, sparsity, eligible=None) -> bool masks`, e.g. a partial of
+`masks_from_scores`."""
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
@@ -54,7 +56,8 @@ def snip_scores(
 
 
 def kept_fraction_schedule(sparsity: float, num_rounds: int) -> list[float]:
-  """Sparsity after each of `num_rounds` rounds: kept fraction `(1 - sparsity)^(t / T)`, t = 1..T."""
+  """Sparsity after each of `num_rounds` rounds: kept fraction `(1 - sparsity)^(t / T)`,
+  t = 1..T."""
   if num_rounds < 1:
     raise ValueError(f"num_rounds={num_rounds} must be >= 1.")
   return [1.0 - (1.0 - sparsity) ** (t / num_rounds) for t in range(1, num_rounds + 1)]

@@ -23,6 +23,7 @@ One job per module:
   `cost`: params and multiply-accumulates.
 """
 
+from prospr_jax.saliency.registry import structured_methods
 from prospr_jax.structured.channel_masks import channels_from_masks, expand_masks, select_channels
 from prospr_jax.structured.compaction import (
     CompactModel,
@@ -40,7 +41,7 @@ from prospr_jax.structured.rule_registry import (
     supported_primitives,
 )
 from prospr_jax.structured.rules_elementwise import elementwise_propagate
-from prospr_jax.structured.scoring import STRUCTURED_METHODS, gate_tree
+from prospr_jax.structured.scoring import gate_tree
 from prospr_jax.structured.trace_errors import UnsupportedPrimitiveError
 from prospr_jax.structured.trace_types import CONSUMER, MEMBER, TracedValue
 from prospr_jax.structured.tracer import ChannelTracer
@@ -49,7 +50,6 @@ from prospr_jax.structured.tracing import trace_channels
 __all__ = [
     "CONSUMER",
     "MEMBER",
-    "STRUCTURED_METHODS",
     "ChannelGroup",
     "ChannelTracer",
     "CompactModel",
@@ -76,6 +76,7 @@ __all__ = [
     "rewrite_params",
     "select_channels",
     "slice_variables",
+    "structured_methods",
     "structured_prune",
     "supported_primitives",
     "trace_channels",

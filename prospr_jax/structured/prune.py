@@ -94,14 +94,15 @@ def group_scores(
   """`{group name: (size,) float64 scores}` of `method` (see `scoring.score_groups`).
 
   Args:
-    method: one of `STRUCTURED_METHODS`.
+    method: one of `structured_methods()`.
     model, variables: the model (module docstring).
     batches: a batch `{'image', 'label'}` or a list of them (data-dependent methods).
     example_input: the input to trace (default: the first batch's images).
-    key: PRNG key ('random').
+    key: PRNG key (random scores).
     loss_fn: `loss_fn(params, state, batch) -> (loss, new_state)`, replacing the default
       (`models.as_pure_model`).
-    **options: ProsPr's `num_steps` (3), `optimizer` (SGD 0.1), `remat` (False).
+    **options: the method's options, e.g. ProsPr's `num_steps` (3), `optimizer` (SGD 0.1),
+      `remat` (False).
   """
   scoring.check_method(method, options)
   traced = trace_model(model, variables, _example_input(example_input, batches), loss_fn=loss_fn)

@@ -12,9 +12,8 @@ kernel weights its gate removes); random is Uniform[0, 1) from `fold_in(key, gro
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +89,8 @@ def _abs(scores: Scores) -> Scores:
 
 @dataclasses.dataclass(frozen=True)
 class ScoreInputs:
-  """What a group scorer may read (which fields a method needs: `SCORERS[method].needs`)."""
+  """What a channel scorer may read (which fields a method needs:
+  `METHODS[method].channel_scorer.needs`)."""
 
   groups: Sequence[ChannelGroup]
   params: PyTree
@@ -100,7 +100,7 @@ class ScoreInputs:
   key: jax.Array | None
 
 
-def _prospr_scores(
+def prospr_channel_scores(
     inputs: ScoreInputs,
     *,
     first_order: bool,
@@ -117,7 +117,7 @@ def _prospr_scores(
   return _abs(sum_members(inputs.groups, flat_leaves(grads)))
 
 
-def _snip_scores(inputs: ScoreInputs) -> Scores:
+def snip_channel_scores(inputs: ScoreInputs) -> Scores:
   """`|mean over batches of Σ_members θ ⊙ ∇L|` per channel (connection sensitivity)."""
   c = gate_tree(inputs.params, inputs.groups)
   sens = [
@@ -127,7 +127,7 @@ def _snip_scores(inputs: ScoreInputs) -> Scores:
   return _abs(sum_members(inputs.groups, flat_leaves(objective.mean_tree(sens))))
 
 
-def _magnitude_scores(inputs: ScoreInputs) -> Scores:
+def magnitude_channel_scores(inputs: ScoreInputs) -> Scores:
   """L1 norm of each channel's slice, summed over the group's member kernels (`ndim > 1`)."""
   params, c = flat_leaves(inputs.params), flat_leaves(gate_tree(inputs.params, inputs.groups))
   kernels = {m.path for g in inputs.groups for m in g.members if np.ndim(params[m.path]) > 1}
@@ -135,7 +135,7 @@ def _magnitude_scores(inputs: ScoreInputs) -> Scores:
   return sum_members(inputs.groups, l1, keep_member=lambda m: m.path in kernels)
 
 
-def _random_scores(inputs: ScoreInputs) -> Scores:
+def random_channel_scores(inputs: ScoreInputs) -> Scores:
   """Uniform[0, 1) per channel, group `i` drawn from `fold_in(key, i)`."""
   return {
       g.name: np.asarray(jax.random.uniform(jax.random.fold_in(inputs.key, i), (g.size,)))
@@ -143,53 +143,31 @@ def _random_scores(inputs: ScoreInputs) -> Scores:
   }
 
 
-class Scorer(NamedTuple):
-  """A structured method: its scorer, the `ScoreInputs` fields it needs, its option names."""
-
-  fn: Callable[..., Scores]
-  needs: tuple[str, ...]
-  options: tuple[str, ...] = ()
-
-
-_PROSPR_OPTIONS = ("num_steps", "optimizer", "remat")
-SCORERS: dict[str, Scorer] = {
-    "prospr": Scorer(functools.partial(_prospr_scores, first_order=False), ("batches",),
-                     _PROSPR_OPTIONS),
-    "prospr_first_order": Scorer(functools.partial(_prospr_scores, first_order=True),
-                                 ("batches",), _PROSPR_OPTIONS),
-    "snip": Scorer(_snip_scores, ("batches",)),
-    "magnitude": Scorer(_magnitude_scores, ()),
-    "random": Scorer(_random_scores, ("key",)),
-}
-
-STRUCTURED_METHODS = tuple(SCORERS)
-"""Methods with a structured (channel-group) form."""
-
-
 def check_method(method: str, options: Iterable[str] = ()) -> None:
   """Raises ValueError for a method without a structured form or an option it does not take."""
-  if method not in SCORERS:
+  if method not in registry.METHODS or registry.METHODS[method].channel_scorer is None:
     raise ValueError(
         f"Method {method!r} has no structured (channel-group) form; use one of "
-        f"{list(STRUCTURED_METHODS)}."
+        f"{list(registry.structured_methods())}."
     )
-  registry.check_options(method, options, SCORERS[method].options)
+  registry.check_options(method, options, registry.METHODS[method].options)
 
 
 def score_groups(method: str, inputs: ScoreInputs, **options: Any) -> Scores:
   """Non-negative score per channel of every group (module docstring).
 
   Args:
-    method: one of `STRUCTURED_METHODS`.
+    method: one of `registry.structured_methods()`.
     inputs: groups, params, state, loss, batches (ProsPr: `num_steps + 1` or one, reused;
       SNIP averages over all) and key (random).
-    **options: ProsPr's `num_steps` (3), `optimizer` (SGD 0.1), `remat` (False).
+    **options: the method's options, e.g. ProsPr's `num_steps` (3), `optimizer` (SGD 0.1),
+      `remat` (False).
 
   Returns:
     `{group name: float64 array (size,)}`.
   """
   check_method(method, options)
-  scorer = SCORERS[method]
+  scorer = registry.METHODS[method].channel_scorer
   missing = [n for n in scorer.needs if getattr(inputs, n) is None]
   if missing:
     raise ValueError(f"Structured {method!r} needs {missing}.")

@@ -1,0 +1,138 @@
+"""The built-in pruning methods, each declared once (see `registry.MethodSpec`).
+
+Declaration order is the order of sweeps and report tables. BatchNorm modes are those of the
+authors' code while scoring (docs/methods.md): mil-ad/prospr calls `net.train()`; SNIP
+(namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a fresh model, in
+train mode, with the logits divided by a temperature (200); naver/force never leaves train
+mode; Synaptic-Flow's `prune_loop` calls `model.eval()` for SynFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import optax
+
+from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
+from prospr_jax.saliency.registry import (
+    ChannelScorer,
+    MethodFn,
+    MethodSpec,
+    PruneInputs,
+    from_config,
+    register,
+)
+from prospr_jax.structured import scoring
+from prospr_jax.tree_types import PyTree
+
+
+def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
+  """Wraps `score_fn(inputs, **options) -> scores` into a method that selects the top scores."""
+
+  def fn(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
+    return select(score_fn(inputs, **options), sparsity)
+
+  return fn
+
+
+def _inner_sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
+  """ProsPr's inner optimizer: SGD, with momentum unless it is 0."""
+  return optax.sgd(learning_rate, momentum=momentum or None)
+
+
+_DATA = ("loss_fn", "batches")
+_PROSPR_OPTIONS = {
+    "num_steps": from_config("num_steps"),
+    "optimizer": from_config("inner_lr", "inner_momentum", build=_inner_sgd),
+    "remat": from_config("remat"),
+}
+_GRADUAL_OPTIONS = {"num_rounds": from_config("num_rounds")}
+# ProsPr takes one batch per inner step and one for the meta-loss.
+_PROSPR_BATCHES = from_config("num_steps", build=lambda num_steps: num_steps + 1)
+
+
+def _prospr(inputs: PruneInputs, *, first_order: bool, **options) -> PyTree:
+  return prospr.prospr_scores(
+      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
+      first_order=first_order, **options,
+  )
+
+
+def _snip(inputs: PruneInputs) -> PyTree:
+  return snip.snip_scores(inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state)
+
+
+def _grasp(inputs: PruneInputs) -> PyTree:
+  return grasp.grasp_scores(
+      inputs.loss_fn, inputs.params, inputs.batches, state=inputs.state,
+      filter_fn=inputs.filter_fn,
+  )
+
+
+def _synflow(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
+  return synflow.synflow_masks(
+      inputs.apply_fn, inputs.params, inputs.input_shape, sparsity, select, **options
+  )
+
+
+def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bool, **options):
+  return snip.gradual_sensitivity_masks(
+      inputs.loss_fn, inputs.params, inputs.batches, sparsity, select, state=inputs.state,
+      allow_regrowth=allow_regrowth, **options,
+  )
+
+
+def _magnitude(inputs: PruneInputs) -> PyTree:
+  return simple.magnitude_scores(inputs.params)
+
+
+def _random(inputs: PruneInputs) -> PyTree:
+  return simple.random_scores(inputs.params, inputs.key)
+
+
+def _prospr_method(name: str, *, first_order: bool) -> MethodSpec:
+  """Full ProsPr (the report's reference, in the default sweep) or its first-order variant."""
+  return MethodSpec(
+      name, _one_shot(functools.partial(_prospr, first_order=first_order)), needs=_DATA,
+      options=_PROSPR_OPTIONS, one_shot=True, batchnorm_mode="train",
+      num_batches=_PROSPR_BATCHES,
+      channel_scorer=ChannelScorer(
+          functools.partial(scoring.prospr_channel_scores, first_order=first_order),
+          needs=("batches",)),
+      in_default_sweep=not first_order, report_reference=not first_order,
+  )
+
+
+register(_prospr_method("prospr", first_order=False))
+register(_prospr_method("prospr_first_order", first_order=True))
+register(MethodSpec(
+    "snip", _one_shot(_snip), needs=_DATA, one_shot=True, batchnorm_mode="eval",
+    channel_scorer=ChannelScorer(scoring.snip_channel_scores, needs=("batches",)),
+))
+register(MethodSpec(
+    "grasp", _one_shot(_grasp), needs=_DATA, one_shot=True, batchnorm_mode="train",
+    loss_options={"temperature": from_config("grasp_temperature")},
+))
+register(MethodSpec(
+    "synflow", _synflow, needs=("apply_fn", "input_shape"),
+    options={"num_rounds": from_config("synflow_rounds"),
+             "float64": from_config("synflow_float64")},
+    batchnorm_mode="eval",
+))
+register(MethodSpec(
+    "iterative_snip", functools.partial(_gradual, allow_regrowth=False), needs=_DATA,
+    options=_GRADUAL_OPTIONS, batchnorm_mode="train",
+))
+register(MethodSpec(
+    "force", functools.partial(_gradual, allow_regrowth=True), needs=_DATA,
+    options=_GRADUAL_OPTIONS, batchnorm_mode="train",
+))
+register(MethodSpec(
+    "magnitude", _one_shot(_magnitude), one_shot=True,
+    channel_scorer=ChannelScorer(scoring.magnitude_channel_scores),
+))
+register(MethodSpec(
+    "random", _one_shot(_random), needs=("key",), one_shot=True,
+    channel_scorer=ChannelScorer(scoring.random_channel_scores, needs=("key",)),
+))
