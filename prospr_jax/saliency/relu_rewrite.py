@@ -43,7 +43,7 @@ class NoReluError(ValueError):
   """The traced function has no ReLU (`max(x, 0)`) to replace."""
 
 
-def _inner_jaxpr(eqn: jcore.JaxprEqn) -> tuple[jcore.Jaxpr, Sequence[Any]] | None:
+def call_body(eqn: jcore.JaxprEqn) -> tuple[jcore.Jaxpr, Sequence[Any]] | None:
   """`(jaxpr, consts)` of a call-like equation, or None for any other equation."""
   key = _CALL_JAXPR_PARAMS.get(eqn.primitive.name)
   if key is None or key not in eqn.params:
@@ -58,17 +58,20 @@ def _is_zero_literal(atom: Any) -> bool:
   return isinstance(atom, jcore.Literal) and np.all(np.asarray(atom.val) == 0)
 
 
-def _relu_operand(eqn: jcore.JaxprEqn, zeros: set) -> int | None:
-  """Index of the non-constant operand of a `max(x, 0)` equation, else None."""
+def _relu_operand(eqn: jcore.JaxprEqn, zeros: set, batch_size: int | None) -> int | None:
+  """Index of the non-constant operand `x` of a `max(x, 0)` equation (with `x` of shape
+  `[batch_size, ...]`, ndim >= 2, if `batch_size` is given), else None."""
   if eqn.primitive.name != "max":
     return None
   is_zero = [_is_zero_literal(a) or (isinstance(a, jcore.Var) and a in zeros)
              for a in eqn.invars]
-  if is_zero == [False, True]:
-    return 0
-  if is_zero == [True, False]:
-    return 1
-  return None
+  if is_zero not in ([False, True], [True, False]):
+    return None
+  index = is_zero.index(False)
+  shape = eqn.invars[index].aval.shape
+  if batch_size is not None and (len(shape) < 2 or shape[0] != batch_size):
+    return None
+  return index
 
 
 def _track_zeros(eqn: jcore.JaxprEqn, zeros: set) -> None:
@@ -78,8 +81,9 @@ def _track_zeros(eqn: jcore.JaxprEqn, zeros: set) -> None:
     zeros.update(eqn.outvars)
 
 
-def count_relus(jaxpr: jcore.Jaxpr) -> int:
-  """Number of ReLUs in `jaxpr`, counting those inside call-like equations.
+def count_relus(jaxpr: jcore.Jaxpr, batch_size: int | None = None) -> int:
+  """Number of ReLUs in `jaxpr` (with `batch_size`: only those on `[batch_size, ...]` arrays),
+  counting those inside call-like equations.
 
   Raises:
     NotImplementedError: a ReLU sits inside a loop or conditional (module docstring).
@@ -88,15 +92,15 @@ def count_relus(jaxpr: jcore.Jaxpr) -> int:
   count = 0
   for eqn in jaxpr.eqns:
     _track_zeros(eqn, zeros)
-    if _relu_operand(eqn, zeros) is not None:
+    if _relu_operand(eqn, zeros, batch_size) is not None:
       count += 1
       continue
-    inner = _inner_jaxpr(eqn)
+    inner = call_body(eqn)
     if inner is not None:
-      count += count_relus(inner[0])
+      count += count_relus(inner[0], batch_size)
       continue
     for sub in jcore.jaxprs_in_params(eqn.params):
-      if count_relus(sub):
+      if count_relus(sub, batch_size):
         raise NotImplementedError(
             f"A ReLU sits inside a '{eqn.primitive.name}' (a loop or conditional): rewriting "
             "ReLUs needs one activation per traced ReLU. Unroll the loop (e.g. a Python for "
@@ -106,7 +110,7 @@ def count_relus(jaxpr: jcore.Jaxpr) -> int:
 
 
 def _evaluate(jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Any],
-              on_relu: ReluRule) -> list[Any]:
+              on_relu: ReluRule, batch_size: int | None) -> list[Any]:
   """Evaluates `jaxpr` on `args`, replacing each ReLU by `on_relu`."""
   env: dict[jcore.Var, Any] = {}
   zeros: set = set()
@@ -120,12 +124,12 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Any],
     env[var] = value
   for eqn in jaxpr.eqns:
     invals = [read(a) for a in eqn.invars]
-    relu_input = _relu_operand(eqn, zeros)
-    inner = _inner_jaxpr(eqn)
+    relu_input = _relu_operand(eqn, zeros, batch_size)
+    inner = call_body(eqn)
     if relu_input is not None:
       outvals = [on_relu(invals[relu_input])]
-    elif inner is not None and count_relus(inner[0]):
-      outvals = _evaluate(inner[0], inner[1], invals, on_relu)
+    elif inner is not None and count_relus(inner[0], batch_size):
+      outvals = _evaluate(inner[0], inner[1], invals, on_relu, batch_size)
     else:
       with eqn.ctx.manager:
         out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
@@ -137,13 +141,17 @@ def _evaluate(jaxpr: jcore.Jaxpr, consts: Sequence[Any], args: Sequence[Any],
   return [read(v) for v in jaxpr.outvars]
 
 
-def rewrite_relus(fn: Callable[..., Any], on_relu: ReluRule) -> Callable[..., Any]:
+def rewrite_relus(fn: Callable[..., Any], on_relu: ReluRule, *,
+                  batch_size: int | None = None) -> Callable[..., Any]:
   """`fn` with every ReLU `max(x, 0)` replaced by `on_relu(x)` (module docstring).
 
   Args:
     fn: any traceable function of array pytrees, e.g. `apply_fn(params, x)`.
     on_relu: the replacement, called once per ReLU in program order while the returned
       function is traced or run.
+    batch_size: if given, only `max(x, 0)` with `x` of shape `[batch_size, ...]` (ndim >= 2)
+      is a ReLU: activations keep the batch axis, while clamps of batch statistics (Flax's
+      BatchNorm computes its train-mode variance as `max(E[x²] - E[x]², 0)`) do not.
 
   Returns:
     A function with `fn`'s signature and output structure.
@@ -155,14 +163,14 @@ def rewrite_relus(fn: Callable[..., Any], on_relu: ReluRule) -> Callable[..., An
 
   def rewritten(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    if not count_relus(closed.jaxpr):
+    if not count_relus(closed.jaxpr, batch_size):
       raise NoReluError(
           f"{getattr(fn, '__name__', type(fn).__name__)} has no ReLU to replace: no "
           "max(x, 0) (jax.nn.relu, flax.linen.relu, jnp.maximum(x, 0)) in its traced program. "
           "Path-based criteria such as PX need a ReLU network, whose units switch paths on "
           "and off; other activations (tanh, GELU, leaky ReLU, ...) are not linearized."
       )
-    flat = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), on_relu)
+    flat = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), on_relu, batch_size)
     return jax.tree.unflatten(jax.tree.structure(out_shape), flat)
 
   return rewritten
