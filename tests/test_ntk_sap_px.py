@@ -24,7 +24,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenApply
 from prospr_jax.models.convnet import SmallConvNet
 from prospr_jax.saliency import batch_statistics, ntk_sap, px, relu_rewrite
-from prospr_jax.structured.pure_models import FunctionApply, LinenEvalApply
+from prospr_jax.structured.pure_models import FunctionApply, LinenEvalApply, as_pure_model
 from prospr_jax.tree_types import PyTree
 from test_reference_fixtures import RefCNN
 
@@ -397,3 +397,30 @@ def test_rewrite_relus_rejects_a_relu_inside_a_loop():
 
   with pytest.raises(NotImplementedError, match="loop"):
     relu_rewrite.rewrite_relus(looped, lambda v: v)(jnp.ones((2, 3)))
+
+
+# --- Any model the library accepts. ----------------------------------------------------------
+
+class NnxConvNet(nnx.Module):
+  """conv -> BatchNorm -> relu -> mean -> linear, in NNX."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(2, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.head(jax.nn.relu(self.bn(self.conv(x))).mean(axis=(1, 2)))
+
+
+def test_both_methods_prune_an_nnx_model_through_as_pure_model():
+  pure, params, state = as_pure_model(NnxConvNet(nnx.Rngs(0)), None)
+  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 2))
+  ntk_masks = ntk_sap.ntk_sap_masks(
+      pure.apply, params, (6, 6, 2), 0.7, masks_lib.masks_from_scores, key=jax.random.key(1),
+      state=state, calibrate_fn=batch_statistics.batch_statistics_for(pure.apply),
+      num_rounds=2, num_samples=1, batch_size=4)
+  px_masks = px.px_masks(lambda p, x: pure.apply(p, state, x), params, x, 0.7,
+                         masks_lib.masks_from_scores, num_rounds=2)
+  for masks in (ntk_masks, px_masks):
+    assert masks_lib.density_summary(masks, params)["sparsity/total"] == pytest.approx(0.7, 0.01)

@@ -30,10 +30,9 @@ The authors' CIFAR script (`scripts/run.sh`) uses T = 20 prune epochs, R = 5 (`-
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
 from prospr_jax.saliency.batch_statistics import CalibrateFn
+from prospr_jax.saliency.precision import float64_scope
 from prospr_jax.saliency.snip import SelectFn, kept_fraction_schedule
 from prospr_jax.tree_types import PyTree
 
@@ -168,20 +168,6 @@ def ntk_sap_scores(
 
   total, _ = jax.lax.scan(add_draw, jax.tree.map(jnp.zeros_like, c), draws)
   return jax.tree.map(lambda g, m: jnp.abs(g) * (m != 0), total, c)
-
-
-@contextlib.contextmanager
-def float64_scope(enabled: bool) -> Iterator[Callable[[PyTree], PyTree]]:
-  """Within: x64 enabled if `enabled`; yields a function casting a pytree's floating leaves to
-  float64 (or leaving them as they are when not `enabled`)."""
-
-  def cast(tree: PyTree) -> PyTree:
-    return jax.tree.map(
-        lambda a: jnp.asarray(a, jnp.float64)
-        if enabled and jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, tree)
-
-  with jax.enable_x64(True) if enabled else contextlib.nullcontext():
-    yield cast
 
 
 def ntk_sap_masks(

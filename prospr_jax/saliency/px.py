@@ -34,7 +34,7 @@ The authors' CIFAR-10 script (`launch_scripts/cifar10.sh`) prunes in 100 rounds.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.extend.core as jcore
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective, relu_rewrite
-from prospr_jax.saliency.ntk_sap import float64_scope
+from prospr_jax.saliency.precision import float64_scope
 from prospr_jax.saliency.snip import SelectFn, kept_fraction_schedule
 from prospr_jax.saliency.synflow import ApplyFn
 from prospr_jax.tree_types import PyTree
