@@ -380,6 +380,17 @@ def test_rewrite_relus_replaces_every_relu_in_order():
   assert len(seen) == 2
 
 
+def test_rewrite_relus_reaches_into_custom_vjp_and_remat():
+  @jax.custom_vjp
+  def doubled_relu(x):
+    return jax.nn.relu(x) * 2
+
+  doubled_relu.defvjp(lambda x: (doubled_relu(x), None), lambda _, g: (g,))
+  fn = lambda x: doubled_relu(x) + jax.checkpoint(jax.nn.relu)(x)
+  x = jnp.array([[-1.0, 2.0]])
+  np.testing.assert_array_equal(relu_rewrite.rewrite_relus(fn, lambda v: -v)(x), -3 * x)
+
+
 def test_rewrite_relus_leaves_batchnorm_variance_clamps_alone():
   """Flax's train-mode BatchNorm clamps its variance with max(., 0): not an activation."""
   model = nn.Sequential([nn.Dense(4), nn.BatchNorm(use_running_average=False), nn.relu])

@@ -8,9 +8,10 @@ gate a copy of the network by them, and to turn the ReLUs off.
 
 Calls (`jit`, `custom_jvp_call`, `custom_vjp_call`, `closed_call`, `remat`) that contain a
 ReLU are evaluated through their inner program (their custom derivative rules are dropped:
-the rewritten program is differentiated as written); a ReLU inside a loop or a conditional
-(`scan`, `while`, `cond`) is rejected, since one rule call per traced ReLU would not match one
-activation per executed ReLU there. Other equations are bound as they are.
+the rewritten program is differentiated as written, and `remat` no longer rematerializes);
+a ReLU inside any other sub-program, e.g. a loop or a conditional (`scan`, `while`, `cond`),
+is rejected, since one rule call per traced ReLU would not match one activation per executed
+ReLU there. Other equations are bound as they are.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _CALL_JAXPR_PARAMS = {  # call-like primitive -> the param holding its inner pro
     "custom_jvp_call": "call_jaxpr",
     "custom_vjp_call": "call_jaxpr",
     "remat": "jaxpr",
+    "remat2": "jaxpr",
     "checkpoint": "jaxpr",
 }
 _ZERO_PRESERVING = {"broadcast_in_dim", "convert_element_type", "reshape", "squeeze",
@@ -102,9 +104,9 @@ def count_relus(jaxpr: jcore.Jaxpr, batch_size: int | None = None) -> int:
     for sub in jcore.jaxprs_in_params(eqn.params):
       if count_relus(sub, batch_size):
         raise NotImplementedError(
-            f"A ReLU sits inside a '{eqn.primitive.name}' (a loop or conditional): rewriting "
-            "ReLUs needs one activation per traced ReLU. Unroll the loop (e.g. a Python for "
-            "loop instead of nn.scan) to use this method."
+            f"A ReLU sits inside a '{eqn.primitive.name}' (a loop, conditional or other "
+            "sub-program): rewriting ReLUs needs one activation per traced ReLU. Unroll loops "
+            "(e.g. a Python for loop instead of nn.scan) to use this method."
         )
   return count
 
