@@ -353,6 +353,17 @@ def test_px_keeps_normalization_and_the_output_layer_unchanged():
   assert unchanged["conv1"]["conv"] == {"kernel": False}
 
 
+def test_px_output_layer_is_the_last_computed_with_not_the_last_cast():
+  params = {"a_head": {"kernel": jnp.ones((4, 2))}, "b_body": {"kernel": jnp.ones((3, 4))}}
+
+  def apply_fn(p, x):
+    p = jax.tree.map(lambda a: a.astype(jnp.float16), p)  # casts "b_body" last
+    return jax.nn.relu(x.astype(jnp.float16) @ p["b_body"]["kernel"]) @ p["a_head"]["kernel"]
+
+  head = px.output_layer(apply_fn, params, jnp.ones((2, 3)))
+  assert head == (jax.tree_util.DictKey("a_head"),)
+
+
 def test_px_needs_layers_to_tell_the_classifier_apart():
   params = {"w1": jnp.ones((3, 4)), "w2": jnp.ones((4, 2))}
   with pytest.raises(ValueError, match="unchanged_fn"):

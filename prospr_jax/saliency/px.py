@@ -48,17 +48,30 @@ from prospr_jax.saliency.synflow import ApplyFn
 from prospr_jax.tree_types import PyTree
 
 
+_RELAYOUTS = {"convert_element_type", "copy", "copy_p", "reshape", "transpose", "squeeze",
+              "expand_dims", "broadcast_in_dim"}
+
+
 def _first_uses(jaxpr: jcore.Jaxpr, prefix: tuple[int, ...] = ()) -> dict:
   """For each variable read by `jaxpr`, the position (equation indices, nested into calls)
-  of the first equation that reads it."""
+  of the first equation that computes with it; casts and reshapes of a variable count as the
+  variable itself."""
   first: dict = {}
+  origin: dict = {}  # output of a cast or reshape -> the variable it re-lays out
   for i, eqn in enumerate(jaxpr.eqns):
+    reads = [origin.get(v, v) for v in eqn.invars if isinstance(v, jcore.Var)]
+    if eqn.primitive.name in _RELAYOUTS and len(reads) == 1:
+      origin[eqn.outvars[0]] = reads[0]
+      continue
     body = relu_rewrite.call_body(eqn)
     inner = _first_uses(body[0], prefix + (i,)) if body else {}
     inner_invars = body[0].invars if body and len(body[0].invars) == len(eqn.invars) else ()
     for j, var in enumerate(eqn.invars):
-      if isinstance(var, jcore.Var) and var not in first:
-        first[var] = inner.get(inner_invars[j], prefix + (i,)) if inner_invars else prefix + (i,)
+      if not isinstance(var, jcore.Var):
+        continue
+      root = origin.get(var, var)
+      position = inner.get(inner_invars[j], prefix + (i,)) if inner_invars else prefix + (i,)
+      first[root] = min(first.get(root, position), position)
   return first
 
 
