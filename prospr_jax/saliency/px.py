@@ -48,8 +48,8 @@ from prospr_jax.saliency.synflow import ApplyFn
 from prospr_jax.tree_types import PyTree
 
 
-_RELAYOUTS = {"convert_element_type", "copy", "copy_p", "reshape", "transpose", "squeeze",
-              "expand_dims", "broadcast_in_dim"}
+_RELAYOUTS = {"convert_element_type", "copy", "reshape", "transpose", "squeeze", "expand_dims",
+              "broadcast_in_dim"}
 
 
 def _first_uses(jaxpr: jcore.Jaxpr, prefix: tuple[int, ...] = ()) -> dict:
