@@ -48,6 +48,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.synflow_rounds = 100
   config.prune.synflow_float64 = True
   config.prune.grasp_temperature = 200.0
+  # NTK-SAP (data-free; its authors' CIFAR script): rounds, weight re-draws per round, perturbation.
+  config.prune.ntk_sap_rounds = 20
+  config.prune.ntk_sap_samples = 5
+  config.prune.ntk_sap_epsilon = 0.01
+  # PX rounds (its authors' CIFAR-10 script); it scores on num_batches batches of batch_size.
+  config.prune.px_rounds = 100
   # Sanity check (Frankle et al. 2021): None, 'shuffle' (permute the kept positions within each
   # layer), 'reinit' (train the mask from a fresh init) or 'invert' (keep each layer's
   # lowest-scored weights; one-shot methods). See prospr_jax.analysis.sanity.

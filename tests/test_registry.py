@@ -17,7 +17,7 @@ from prospr_jax.adapters import LinenLoss
 
 def test_registry_lists_every_method():
   assert set(pj.METHODS) == {"prospr", "prospr_first_order", "snip", "grasp", "synflow",
-                             "iterative_snip", "force", "magnitude", "random"}
+                             "iterative_snip", "force", "magnitude", "random", "ntk_sap", "px"}
 
 
 def test_unknown_method_is_an_error_listing_the_valid_ones():

@@ -4,17 +4,22 @@ Declaration order is the order of sweeps and report tables. BatchNorm modes are 
 authors' code while scoring (docs/methods.md): mil-ad/prospr calls `net.train()`; SNIP
 (namhoonlee/snip-public) feeds `is_train: False`; alecwangcq/GraSP scores a fresh model, in
 train mode, with the logits divided by a temperature (200); naver/force never leaves train
-mode; Synaptic-Flow's `prune_loop` calls `model.eval()` for SynFlow.
+mode; Synaptic-Flow's `prune_loop` calls `model.eval()` for SynFlow; NTK-SAP scores in eval mode
+on statistics calibrated from each noise batch; PX records activations in eval mode and runs
+its two linear copies in train mode (the declared mode is the copies').
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import optax
 
-from prospr_jax.saliency import grasp, prospr, simple, snip, synflow
+from prospr_jax.adapters import LinenApply
+from prospr_jax.saliency import grasp, ntk_sap, prospr, px, simple, snip, synflow
+from prospr_jax.saliency.batch_statistics import CalibrateFn, batch_statistics_for
 from prospr_jax.saliency.registry import (
     ChannelScorer,
     MethodFn,
@@ -24,6 +29,7 @@ from prospr_jax.saliency.registry import (
     register,
 )
 from prospr_jax.structured import scoring
+from prospr_jax.structured.pure_models import FunctionApply, LinenEvalApply
 from prospr_jax.tree_types import PyTree
 
 
@@ -83,6 +89,40 @@ def _gradual(inputs: PruneInputs, sparsity: float, select, *, allow_regrowth: bo
   )
 
 
+def _calibrated_eval_apply(
+    apply_fn: Callable[..., Any],
+) -> tuple[ntk_sap.StatefulApplyFn, PyTree, CalibrateFn | None]:
+  """NTK-SAP's view of `prune`'s `apply_fn(params, x)`: an eval-mode `apply(params, state, x)`,
+  the state, and the BatchNorm calibration (None without BatchNorm state)."""
+  if not isinstance(apply_fn, LinenApply):
+    return FunctionApply(apply_fn), {}, None
+  if apply_fn.bn_mode != "eval":
+    raise ValueError(
+        "NTK-SAP scores with BatchNorm in eval mode on statistics calibrated from each noise "
+        f"batch (its authors' code); got an apply_fn in bn_mode={apply_fn.bn_mode!r}.")
+  apply = LinenEvalApply(apply_fn.model)
+  return apply, apply_fn.state, batch_statistics_for(apply) if apply_fn.state else None
+
+
+def _ntk_sap(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
+  apply, state, calibrate = _calibrated_eval_apply(inputs.apply_fn)
+  return ntk_sap.ntk_sap_masks(
+      apply, inputs.params, inputs.input_shape, sparsity, select, key=inputs.key, state=state,
+      calibrate_fn=calibrate, filter_fn=inputs.filter_fn, **options,
+  )
+
+
+def _px(inputs: PruneInputs, sparsity: float, select, **options) -> PyTree:
+  """PX records activations in eval mode; its linear copies run in `apply_fn`'s mode."""
+  record = inputs.apply_fn
+  if isinstance(record, LinenApply):
+    record = LinenApply(record.model, record.state, bn_mode="eval")
+  return px.px_masks(
+      record, inputs.params, inputs.batches, sparsity, select, copy_apply_fn=inputs.apply_fn,
+      filter_fn=inputs.filter_fn, **options,
+  )
+
+
 def _magnitude(inputs: PruneInputs) -> PyTree:
   return simple.magnitude_scores(inputs.params)
 
@@ -135,4 +175,17 @@ register(MethodSpec(
 register(MethodSpec(
     "random", _one_shot(_random), needs=("key",), one_shot=True,
     channel_scorer=ChannelScorer(scoring.random_channel_scores, needs=("key",)),
+))
+register(MethodSpec(
+    "ntk_sap", _ntk_sap, needs=("apply_fn", "input_shape", "key"),
+    options={"num_rounds": from_config("ntk_sap_rounds"),
+             "num_samples": from_config("ntk_sap_samples"),
+             "epsilon": from_config("ntk_sap_epsilon"),
+             "batch_size": None, "num_batches": None, "init_fn": None, "float64": None},
+    batchnorm_mode="eval",
+))
+register(MethodSpec(
+    "px", _px, needs=("apply_fn", "batches"),
+    options={"num_rounds": from_config("px_rounds"), "unchanged_fn": None, "float64": None},
+    batchnorm_mode="train",
 ))
