@@ -81,11 +81,15 @@ def _names(model, variables, x) -> list[str]:
   return names
 
 
+def _random_channel_masks(model, variables, x):
+  return structured.structured_prune("random", model, variables, None, 0.5, example_input=x,
+                                     key=jax.random.key(5), min_kept_per_group=1)
+
+
 def _check_prune_compact_export(model, variables, x, masked_apply) -> None:
   """Random channel masks prune; the compacted program, jitted and exported, equals the masked
   model (`masked_apply(masks, x)`) and is smaller."""
-  masks = structured.structured_prune("random", model, variables, None, 0.5, example_input=x,
-                                      key=jax.random.key(5), min_kept_per_group=1)
+  masks = _random_channel_masks(model, variables, x)
   expected = masked_apply(masks, x)
   small = structured.compact(model, variables, masks, x)
   np.testing.assert_allclose(small(x), expected, rtol=1e-5, atol=1e-5)
@@ -155,18 +159,17 @@ def test_compact_refuses_single_weight_masks_naming_the_leaf():
   apply_fn, params = _dense_head_case()
   masks = masks_lib.ones_masks(params, dtype=bool)
   masks["k1"] = masks["k1"].at[2, 3].set(False)
-  with pytest.raises(ValueError, match="mask at 'k1' prunes 1 single weights, not whole channels"):
+  with pytest.raises(ValueError, match=r"mask at 'k1' prunes single weights \(1 outside "
+                                       r"removed channels\), not whole channels"):
     structured.compact(apply_fn, params, masks, X_FLAT)
-  unstructured = pj.prune("magnitude", params, 0.3)
-  with pytest.raises(ValueError, match="mask at '(head|k1)' prunes .* not whole channels"):
+  unstructured = pj.prune("magnitude", params, 0.3)  # prunes head's weights too: 'head' < 'k1'
+  with pytest.raises(ValueError, match="mask at 'head' prunes single weights"):
     structured.compact(apply_fn, params, unstructured, X_FLAT)
 
 
 def test_compact_refuses_non_bool_masks():
   apply_fn, params = _dense_head_case()
-  masks = structured.structured_prune("random", apply_fn, params, None, 0.5,
-                                      example_input=X_FLAT, key=jax.random.key(0),
-                                      min_kept_per_group=1)
+  masks = _random_channel_masks(apply_fn, params, X_FLAT)
   floats = jax.tree.map(lambda m: m.astype(jnp.float32), masks)
   with pytest.raises(TypeError, match="'b1' has dtype float32; masks must be bool"):
     structured.compact(apply_fn, params, floats, X_FLAT)
@@ -175,12 +178,18 @@ def test_compact_refuses_non_bool_masks():
 def test_compact_accepts_channel_masks_with_dead_consumer_entries_kept():
   """Leaving a removed channel's consumer entries unpruned changes nothing: they read zeros."""
   apply_fn, params = _dense_head_case()
-  masks = structured.structured_prune("random", apply_fn, params, None, 0.5,
-                                      example_input=X_FLAT, key=jax.random.key(0),
-                                      min_kept_per_group=1)
+  masks = _random_channel_masks(apply_fn, params, X_FLAT)
   assert not np.all(masks["head"])
   masks = {**masks, "head": jnp.ones_like(masks["head"])}
   small = structured.compact(apply_fn, params, masks, X_FLAT)
   np.testing.assert_allclose(small(X_FLAT), _masked_function(apply_fn, params)(masks, X_FLAT),
                              rtol=1e-5, atol=1e-5)
   assert small.params["head"].shape == (3, 2)
+
+
+def test_channel_groups_refuse_names_that_collide(monkeypatch):
+  """The invariant is checked where the groups are built: unqualified module paths collide."""
+  apply_fn, params = _kernel_list_case()
+  monkeypatch.setattr(structured.groups, "_group_names", lambda parts: [p.module for p in parts])
+  with pytest.raises(ValueError, match="'w' names 2 groups"):
+    structured.trace_model(apply_fn, params, X_FLAT)

@@ -151,9 +151,9 @@ def _check_whole_channels(params: PyTree, groups: Sequence[ChannelGroup], masks:
     if stray.any():
       count = int(np.broadcast_to(stray, shape).sum())
       raise ValueError(
-          f"The mask at '{path}' prunes {count} single weights, not whole channels: channel "
-          "compaction needs channel-group masks from structured_prune (unstructured masks, "
-          "e.g. from pj.prune, cannot be compacted)."
+          f"The mask at '{path}' prunes single weights ({count} outside removed channels), "
+          "not whole channels: channel compaction needs channel-group masks from "
+          "structured_prune (unstructured masks, e.g. from pj.prune, cannot be compacted)."
       )
 
 

@@ -116,7 +116,7 @@ class _NameParts:
 
 
 _QUALIFIERS: tuple[tuple[str, Callable[[str, _NameParts], str]], ...] = (
-    ("leaf", lambda name, parts: parts.leaf),
+    ("leaf", lambda name, parts: parts.leaf),  # the leaf path extends its module path
     ("axis", lambda name, parts: f"{name}:axis{parts.axis}"),
     ("start", lambda name, parts: f"{name}@{parts.start}"),
 )
