@@ -3,7 +3,8 @@
 "Channel sparsity" is the fraction of all group channels (summed over groups) removed.
 `select_channels` keeps the globally top-scored channels; `expand_masks` turns the per-group
 keep-vectors into a normal bool mask pytree for `apply_masks`, `keep_masked`,
-`density_summary` and `save_masks`; `channels_from_masks` reads them back.
+`density_summary` and `save_masks`; `channels_from_masks` reads them back, refusing masks
+that prune anything but whole channels (e.g. unstructured ones).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def _check_keep_vectors(groups: Sequence[ChannelGroup], keep: Mapping[str, np.nd
 def _check_whole_channels(params: PyTree, groups: Sequence[ChannelGroup], masks: PyTree,
                           keep: Mapping[str, np.ndarray]) -> None:
   """Raises ValueError at the first leaf whose mask prunes an entry that no removed channel of
-  `keep` owns (the masks are not `expand_masks(params, groups, keep)` up to dead consumer
-  entries left unpruned)."""
+  `keep` owns. Channel-group masks prune only what `expand_masks(params, groups, keep)` prunes
+  (they may leave a removed channel's consumer entries, which read zeros, unpruned)."""
   slots = _slots(groups)
   leaves = flat_leaves(params)
   for path, mask in flat_leaves(masks).items():
