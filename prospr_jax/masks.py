@@ -137,7 +137,8 @@ def check_float_params(params: PyTree) -> None:
 
   Raises:
     TypeError: a leaf that is not floating point (e.g. int or bool).
-    ValueError: a leaf holding NaN or inf (checked on concrete arrays only, not under `jit`).
+    ValueError: a leaf holding NaN or inf (checked on concrete arrays only, not under `jit`
+      or on `jax.ShapeDtypeStruct`s).
   """
   leaves = jax.tree_util.tree_leaves_with_path(params)
   bad = [
@@ -153,7 +154,8 @@ def check_float_params(params: PyTree) -> None:
     )
   non_finite = [
       path_str(path) for path, leaf in leaves
-      if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf)))
+      if not isinstance(leaf, (jax.core.Tracer, jax.ShapeDtypeStruct))
+      and not np.all(np.isfinite(np.asarray(leaf)))
   ]
   if non_finite:
     raise ValueError(

@@ -3,7 +3,8 @@
 "Channel sparsity" is the fraction of all group channels (summed over groups) removed.
 `select_channels` keeps the globally top-scored channels; `expand_masks` turns the per-group
 keep-vectors into a normal bool mask pytree for `apply_masks`, `keep_masked`,
-`density_summary` and `save_masks`; `channels_from_masks` reads them back.
+`density_summary` and `save_masks`; `channels_from_masks` reads them back, refusing masks
+that prune anything but whole channels (e.g. unstructured ones).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.tree_types import PyTree
-from prospr_jax.structured.groups import ChannelGroup, Slot
+from prospr_jax.structured.groups import ChannelGroup, Slot, check_unique_names
 from prospr_jax.structured.scoring import flat_leaves
 
 
@@ -100,20 +101,61 @@ def expand_masks(
   nothing else) but makes `density_summary` count the weights that really remain and keeps
   them at 0 in training. Every other leaf gets an all-True mask of its full shape.
   """
+  check_unique_names(groups)
+  _check_keep_vectors(groups, keep)
   slots = _slots(groups)
 
   def make(path: masks_lib.KeyPath, p: jax.Array) -> jax.Array:
     touching = slots.get(masks_lib.path_str(path))
     if touching is None:
       return jnp.ones(p.shape, bool)
-    mask = np.ones((1,) * p.ndim, bool)
-    for slot, name in touching:
-      shape = [1] * p.ndim
-      shape[slot.axis] = p.shape[slot.axis]
-      mask = mask & axis_keep(slot, keep[name], p.shape[slot.axis]).reshape(shape)
-    return jnp.asarray(mask)
+    return jnp.asarray(_leaf_mask(touching, p.shape, keep))
 
   return jax.tree_util.tree_map_with_path(make, params)
+
+
+def _leaf_mask(touching: Sequence[tuple[Slot, str]], shape: tuple[int, ...],
+               keep: Mapping[str, np.ndarray]) -> np.ndarray:
+  """The mask of one leaf of shape `shape` touched by these `(slot, group name)` pairs: False at
+  the positions of removed channels on each touched axis, broadcastable to `shape` (all True
+  with shape `(1,) * len(shape)` if nothing touches it)."""
+  mask = np.ones((1,) * len(shape), bool)
+  for slot, name in touching:
+    axis_shape = [1] * len(shape)
+    axis_shape[slot.axis] = shape[slot.axis]
+    mask = mask & axis_keep(slot, keep[name], shape[slot.axis]).reshape(axis_shape)
+  return mask
+
+
+def _check_keep_vectors(groups: Sequence[ChannelGroup], keep: Mapping[str, np.ndarray]) -> None:
+  """Raises ValueError unless `keep` holds a `(size,)` keep-vector for every group."""
+  for g in groups:
+    if g.name not in keep:
+      raise ValueError(f"No keep-vector for channel group '{g.name}'; have {sorted(keep)}.")
+    if np.shape(keep[g.name]) != (g.size,):
+      raise ValueError(
+          f"The keep-vector of channel group '{g.name}' has shape {np.shape(keep[g.name])}; the "
+          f"group has {g.size} channels, so it must have shape ({g.size},)."
+      )
+
+
+def _check_whole_channels(params: PyTree, groups: Sequence[ChannelGroup], masks: PyTree,
+                          keep: Mapping[str, np.ndarray]) -> None:
+  """Raises ValueError at the first leaf whose mask prunes an entry that no removed channel of
+  `keep` owns. Channel-group masks prune only what `expand_masks(params, groups, keep)` prunes
+  (they may leave a removed channel's consumer entries, which read zeros, unpruned)."""
+  slots = _slots(groups)
+  leaves = flat_leaves(params)
+  for path, mask in flat_leaves(masks).items():
+    shape = np.shape(leaves[path])
+    stray = ~np.asarray(mask, bool) & _leaf_mask(slots.get(path, ()), shape, keep)
+    if stray.any():
+      count = int(np.broadcast_to(stray, shape).sum())
+      raise ValueError(
+          f"The mask at '{path}' prunes single weights ({count} outside removed channels), "
+          "not whole channels: channel compaction needs channel-group masks from "
+          "structured_prune (unstructured masks, e.g. from pj.prune, cannot be compacted)."
+      )
 
 
 def channels_from_masks(
@@ -124,9 +166,12 @@ def channels_from_masks(
   A member's channel counts as kept if any of its entries is kept.
 
   Raises:
-    ValueError: if the members of a group disagree (not channel-group masks) or a group
-      keeps no channel.
+    TypeError: if a mask leaf is not bool (`masks.check_masks`).
+    ValueError: if the masks are not channel-group masks: the members of a group disagree, or
+      a mask prunes single weights rather than whole channels (e.g. `pj.prune`'s masks); or if
+      a group keeps no channel.
   """
+  check_unique_names(groups)
   masks_lib.check_masks(params, masks)
   leaves, mask_leaves = flat_leaves(params), flat_leaves(masks)
   keep = {}
@@ -145,4 +190,5 @@ def channels_from_masks(
           "(build them with structured_prune)."
       )
     keep[g.name] = vectors[0]
+  _check_whole_channels(params, groups, masks, keep)
   return keep

@@ -93,11 +93,13 @@ def slice_variables(model: Model, variables: PyTree | None, masks: PyTree,
   leaf to the channels the masks keep (arguments as in `compact`).
 
   Raises:
-    ValueError: if the masks are not channel-group masks or a group keeps no channel.
+    TypeError: if a mask leaf is not bool.
+    ValueError: if the masks are not channel-group masks (e.g. they prune single weights) or a
+      group keeps no channel (`channels_from_masks`).
   """
   traced = trace_model(model, variables, one_example(example_input))
-  traced = dataclasses.replace(traced, params=_apply_masks(traced.params, masks))
   keep = channels_from_masks(traced.params, traced.groups, masks)
+  traced = dataclasses.replace(traced, params=_apply_masks(traced.params, masks))
   trace = traced.trace
   removed = np.zeros(len(trace.roots), bool)
   for g in traced.groups:
@@ -244,7 +246,10 @@ def compact(model: Model, variables: PyTree | None, masks: PyTree, example_input
     `CompactModel` whose `apply(params, state, x)` equals the masked model's eval-mode outputs.
 
   Raises:
-    ValueError: if the masks are not channel-group masks or a group keeps no channel.
+    TypeError: if a mask leaf is not bool.
+    ValueError: if the masks are not channel-group masks (e.g. unstructured masks from
+      `pj.prune`, which prune single weights; the error names the first such leaf) or a
+      group keeps no channel.
   """
   sliced = slice_variables(model, variables, masks, example_input)
   traced = sliced.traced

@@ -16,16 +16,22 @@ A *channel group* is a set of channels gated by ONE shared channel mask `g` (sha
 atoms with at least one params member is one channel, and channels touching the same leaf axes
 the same number of times form one group. Every leaf axis of the component must have a role
 (else the component is left alone: the tracer could not prove that removing it is exact).
-A group is named after its first producer (the kernel fewest layers from the input), e.g.
-'conv3/conv', 'stem_conv', 'stage2_block0/shortcut_conv'; groups are ordered by their first
-use in the program and channels by their position in the producer's output axis.
+A group is named after the module path of its first producer (the kernel fewest layers from
+the input), e.g. 'conv3/conv', 'stem_conv', 'stage2_block0/shortcut_conv'. Where several groups
+share that module path, the first of these parts that tells them apart is added, repeatedly
+while names still collide: the producer's leaf path ('w/0' and 'w/1' for two kernels in a list
+under 'w'), its axis (':axis1' and ':axis2' for the heads and head-dim axes of one attention
+kernel), the offset of the group's first channel along it ('@0' and '@8' for two halves of one
+kernel's outputs). Names are unique (`check_unique_names`) and depend only on the program.
+Groups are ordered by their first use in the program and channels by their position in the
+producer's output axis.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -53,7 +59,8 @@ class ChannelGroup:
   """Channels gated by one shared mask (module docstring).
 
   Attributes:
-    name: the module path of the group's first producer, e.g. 'conv3/conv'.
+    name: the module path of the group's first producer, e.g. 'conv3/conv', qualified where
+      groups share it (module docstring), e.g. 'mha/query:axis1'; unique among the groups.
     size: number of channels.
     members: params axes gated by the group's mask.
     consumers: params axes reading the group's channels.
@@ -72,12 +79,62 @@ def num_channels(groups: Sequence[ChannelGroup]) -> int:
   return sum(g.size for g in groups)
 
 
+def check_unique_names(groups: Sequence[ChannelGroup]) -> None:
+  """Raises ValueError if two groups share a name (scores and keep-vectors are keyed by name,
+  so one group's would silently replace the other's)."""
+  counts = collections.Counter(g.name for g in groups)
+  shared = [name for name, count in counts.items() if count > 1]
+  if shared:
+    members = [[(m.path, m.axis) for m in g.members[:1]] for g in groups if g.name == shared[0]]
+    raise ValueError(
+        f"Channel group names must be unique, but '{shared[0]}' names {counts[shared[0]]} "
+        f"groups (first members as (path, axis): {members}); all shared names: {shared}."
+    )
+
+
+def _leaf_keys(path: str) -> list[str]:
+  """A leaf path's keys without NNX's trailing 'value': 'c1/kernel/value' -> ['c1', 'kernel']."""
+  keys = path.split("/")
+  return keys[:-1] if keys[-1] == "value" and len(keys) > 1 else keys
+
+
 def module_path(path: str) -> str:
   """'conv1/conv/kernel' -> 'conv1/conv'; NNX's 'c1/kernel/value' -> 'c1'; 'w1' -> 'w1'."""
-  keys = path.split("/")
-  if keys[-1] == "value" and len(keys) > 1:
-    keys = keys[:-1]
+  keys = _leaf_keys(path)
   return "/".join(keys[:-1]) or keys[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _NameParts:
+  """What may name a group: its producer's module path and leaf path (NNX's 'value' dropped),
+  the producer's axis, and the offset of the group's first channel along that axis."""
+
+  module: str
+  leaf: str
+  axis: int
+  start: int
+
+
+_QUALIFIERS: tuple[tuple[str, Callable[[str, _NameParts], str]], ...] = (
+    ("leaf", lambda name, parts: parts.leaf),  # the leaf path extends its module path
+    ("axis", lambda name, parts: f"{name}:axis{parts.axis}"),
+    ("start", lambda name, parts: f"{name}@{parts.start}"),
+)
+"""In order, the part a name is qualified by where it collides, and how it is added."""
+
+
+def _group_names(parts: Sequence[_NameParts]) -> list[str]:
+  """One name per group: its module path, qualified where names collide (module docstring)."""
+  names = [p.module for p in parts]
+  for field, qualify in _QUALIFIERS:
+    sharing: dict[str, list[int]] = collections.defaultdict(list)
+    for i, name in enumerate(names):
+      sharing[name].append(i)
+    for same in sharing.values():
+      if len({getattr(parts[i], field) for i in same}) > 1:
+        for i in same:
+          names[i] = qualify(names[i], parts[i])
+  return names
 
 
 def _leaf_atom_table(trace: ChannelTrace) -> tuple[np.ndarray, ...]:
@@ -169,16 +226,19 @@ def channel_groups(trace: ChannelTrace) -> list[ChannelGroup]:
       slots[kind].append(Slot(info.path, axis, index[(leaf, axis)][order]))
     first_use = min(trace.roles[la].first_use for la in leaf_axes
                     if trace.roles[la].kind == MEMBER)
-    name = module_path(trace.leaves[name_slot[0]].path)
-    start = int(index[name_slot][order[0], 0])
-    built.append((first_use, name, start, len(order), slots))
+    path = trace.leaves[name_slot[0]].path
+    parts = _NameParts(module_path(path), "/".join(_leaf_keys(path)), name_slot[1],
+                       int(index[name_slot][order[0], 0]))
+    built.append((first_use, parts, len(order), slots))
   built.sort(key=lambda b: b[0])
-  counts = collections.Counter(b[1] for b in built)
-  return [
-      ChannelGroup(name if counts[name] == 1 else f"{name}@{start}", size,
-                   tuple(slots["members"]), tuple(slots["consumers"]), tuple(slots["state"]))
-      for _, name, start, size, slots in built
+  names = _group_names([parts for _, parts, _, _ in built])
+  groups = [
+      ChannelGroup(name, size, tuple(slots["members"]), tuple(slots["consumers"]),
+                   tuple(slots["state"]))
+      for name, (_, _, size, slots) in zip(names, built)
   ]
+  check_unique_names(groups)
+  return groups
 
 
 def group_roots(trace: ChannelTrace, group: ChannelGroup) -> np.ndarray:
