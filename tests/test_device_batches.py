@@ -1,7 +1,5 @@
 """On-device batches: order per (seed, step), epochs, augmentation semantics, normalization, eval."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -19,11 +17,7 @@ def _split(channels: int, name: str = "synthetic", num: int = NUM_EXAMPLES) -> I
   return InMemorySplit(name, images, np.arange(num, dtype=np.int32), num)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _batch_at(split: db.DeviceSplit, batching: db.Batching, key, order: db.EpochOrder, step):
-  """One run's (order, batch) of `step`, as a training step computes them."""
-  order = db.advance_order(order, key, step, batching.steps_per_epoch)
-  return order, db.train_batch(split, batching, key, order.order, step)
+_batch_at = jax.jit(db.single_run_batch, static_argnums=1)
 
 
 def _run(split: db.DeviceSplit, batching: db.Batching, seed: int, steps) -> list[dict]:

@@ -275,8 +275,11 @@ def _over_members(fn: Callable, mesh: Mesh | None, num_replicated: int,
   if mesh is None:
     return fn
   sharded = PartitionSpec(MEMBERS_AXIS)
+  # Members never communicate (no collectives), so the replication checks are not needed; they
+  # would reject `advance_order`'s cond, whose branches differ only in that typing.
   mapped = jax.shard_map(fn, mesh=mesh, in_specs=(sharded, *(PartitionSpec(),) * num_replicated),
-                         out_specs=(sharded,) * num_outputs if num_outputs > 1 else sharded)
+                         out_specs=(sharded,) * num_outputs if num_outputs > 1 else sharded,
+                         check_vma=False)
 
   def checked(population: Population, *args):
     _check_divisible(population.size, mesh)
@@ -292,6 +295,7 @@ def _resolve(formulation: str | None) -> str:
   return formulation
 
 
+@functools.cache
 def make_train_step(batching: Batching, formulation: str | None = None,
                     mesh: Mesh | None = None) -> StepFn:
   """The jitted population step `step_fn(population, split, step) -> (population, metrics)`.
@@ -301,7 +305,8 @@ def make_train_step(batching: Batching, formulation: str | None = None,
   the batch a single run with that key gets at that step. `metrics` are
   `{'loss', 'accuracy'}`, float32 [P], of the batch before the update. Members whose loss is
   NaN/inf are frozen and marked (module docstring). The input population's buffers are donated
-  (invalid after the call).
+  (invalid after the call). Cached: equal arguments give the same function, compiled once per
+  population shape.
 
   Args:
     batching: batch size, steps per epoch and augmentation, shared by all members.
@@ -317,6 +322,7 @@ def make_train_step(batching: Batching, formulation: str | None = None,
   return jax.jit(_over_members(fn, mesh, num_replicated=2, num_outputs=2), donate_argnums=0)
 
 
+@functools.cache
 def make_evaluate(formulation: str | None = None, mesh: Mesh | None = None) -> EvalFn:
   """The jitted `evaluate(population, eval_set) -> {'loss', 'top1', 'top5'}`, float32 [P] each:
   every member's mean test loss and top-1/top-5 accuracy (fractions) over the real examples of

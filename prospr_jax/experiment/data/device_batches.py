@@ -259,6 +259,18 @@ def train_batch(split: DeviceSplit, batching: Batching, key: jax.Array, order: j
   return {"image": normalize(images, split.mean, split.std), "label": split.labels[indices]}
 
 
+def single_run_batch(split: DeviceSplit, batching: Batching, key: jax.Array, order: EpochOrder,
+                     step: jax.Array) -> tuple[EpochOrder, dict[str, jax.Array]]:
+  """One run's order and training batch of step `step`: `advance_order` then `train_batch`.
+
+  Args:
+    order: the run's order after its previous step (`initial_order(N)` before the first).
+    Others: as `train_batch`.
+  """
+  order = advance_order(order, key, step, batching.steps_per_epoch)
+  return order, train_batch(split, batching, key, order.order, step)
+
+
 def eval_batch(eval_set: DeviceEvalSet, index: jax.Array) -> dict[str, jax.Array]:
   """Evaluation batch `index` (< `num_batches`), unaugmented.
 
