@@ -1,4 +1,4 @@
-"""On-device batches: order per (seed, step), epochs, augmentation semantics, normalization, eval."""
+"""On-device batches: order per (seed, step), epochs, augmentation, normalization, eval."""
 
 import jax
 import numpy as np

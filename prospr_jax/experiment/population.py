@@ -19,9 +19,10 @@ Formulations (`formulation=`):
 
 `default_formulation()` picks `'unrolled'` on CPU and `'vmap'` elsewhere.
 
-Divergence: a member whose training loss is NaN or inf at step `s` is marked
-(`diverged[i]`, `diverged_at[i] = s`) and keeps, from then on, the params, optimizer state,
-statistics and step counter it had before that step; the other members train on, unaffected.
+Divergence: a member whose training loss at step `s`, or whose params after it, hold a NaN or
+inf is marked (`diverged[i]`, `diverged_at[i] = s`) and keeps, from then on, the params,
+optimizer state, statistics and step counter it had before that step (its last finite state);
+the other members train on, unaffected.
 
 Several devices: `place_population(population, mesh)` shards the member axis over a 1-D
 'members' mesh (`members_mesh()`); the step and the evaluation then run each device's members
@@ -109,14 +110,14 @@ def _stack_trees(trees: Sequence[PyTree], what: str) -> PyTree:
     ValueError: naming the first leaf whose path, shape or dtype differs from member 0's.
   """
   first, treedef = jax.tree_util.tree_flatten_with_path(trees[0])
+  paths = [jax.tree_util.keystr(p) for p, _ in first]
   for index, tree in enumerate(trees[1:], start=1):
     leaves, other_treedef = jax.tree_util.tree_flatten_with_path(tree)
-    paths = [jax.tree_util.keystr(p) for p, _ in first]
-    other_paths = [jax.tree_util.keystr(p) for p, _ in leaves]
     if other_treedef != treedef:
-      differing = sorted(set(paths) ^ set(other_paths)) or paths
+      only_one = sorted(set(paths) ^ {jax.tree_util.keystr(p) for p, _ in leaves})
+      where = f"{what}{only_one[0]} is in one of them only" if only_one else "node types"
       raise ValueError(f"Member {index} cannot be stacked with member 0: their {what} differ in "
-                       f"structure at {what}{differing[0]}.")
+                       f"structure ({where}).")
     for path, (_, a), (_, b) in zip(paths, first, leaves):
       if (jnp.shape(a), jnp.result_type(a)) != (jnp.shape(b), jnp.result_type(b)):
         raise ValueError(
@@ -124,6 +125,13 @@ def _stack_trees(trees: Sequence[PyTree], what: str) -> PyTree:
             f"{jnp.result_type(b)}{list(jnp.shape(b))}, member 0's is "
             f"{jnp.result_type(a)}{list(jnp.shape(a))}. Members must share the architecture.")
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _same_function(a: Callable, b: Callable) -> bool:
+  """Whether `a` and `b` compute the same: equal functions, or the same method of equal objects
+  (e.g. `apply` of two equal linen modules, which bound-method equality, by identity, misses)."""
+  return (getattr(a, "__func__", a) == getattr(b, "__func__", b)
+          and getattr(a, "__self__", None) == getattr(b, "__self__", None))
 
 
 def stack_members(states: Sequence[TrainState]) -> TrainState:
@@ -143,7 +151,7 @@ def stack_members(states: Sequence[TrainState]) -> TrainState:
   fields = ("step", "params", "opt_state", "batch_stats", "masks")
   stacked = {f: _stack_trees([getattr(s, f) for s in states], f) for f in fields}
   for index, state in enumerate(states[1:], start=1):
-    if state.apply_fn != states[0].apply_fn:
+    if not _same_function(state.apply_fn, states[0].apply_fn):
       raise ValueError(f"Member {index} has another apply_fn than member 0; members must share "
                        "the model.")
   return states[0].replace(**stacked)
@@ -227,6 +235,12 @@ def map_members(fn: Callable[..., PyTree], formulation: str, *stacked: PyTree) -
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
+def _finite_per_member(stacked: PyTree) -> jax.Array:
+  """bool [P]: whether every value of member i's slice of `stacked` is finite."""
+  return jnp.stack([jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+                    for x in jax.tree.leaves(stacked)]).all(axis=0)
+
+
 def _freeze_where(diverged: jax.Array, new: PyTree, old: PyTree) -> PyTree:
   """`old` for the members marked in `diverged` (bool [P]), `new` for the others."""
   return jax.tree.map(
@@ -245,7 +259,8 @@ def _population_step(population: Population, split: DeviceSplit, step: jax.Array
 
   trained, metrics = map_members(member_step, formulation, population.train,
                                  population.data_keys, orders.order)
-  diverged = population.diverged | ~jnp.isfinite(metrics["loss"])
+  finite = jnp.isfinite(metrics["loss"]) & _finite_per_member(trained.params)
+  diverged = population.diverged | ~finite
   newly = diverged & ~population.diverged
   return population.replace(
       train=_freeze_where(diverged, trained, population.train),
@@ -303,10 +318,10 @@ def make_train_step(batching: Batching, formulation: str | None = None,
   `step` (int scalar, 0-based) selects every member's batch: member i trains on
   `device_batches.train_batch(split, batching, data_keys[i], <its epoch order>, step)`, exactly
   the batch a single run with that key gets at that step. `metrics` are
-  `{'loss', 'accuracy'}`, float32 [P], of the batch before the update. Members whose loss is
-  NaN/inf are frozen and marked (module docstring). The input population's buffers are donated
-  (invalid after the call). Cached: equal arguments give the same function, compiled once per
-  population shape.
+  `{'loss', 'accuracy'}`, float32 [P], of the batch before the update. Members whose loss or
+  updated params are not finite are frozen and marked (module docstring). The input
+  population's buffers are donated (invalid after the call). Cached: equal arguments give the
+  same function, compiled once per population shape.
 
   Args:
     batching: batch size, steps per epoch and augmentation, shared by all members.
