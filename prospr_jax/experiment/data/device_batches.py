@@ -9,8 +9,9 @@ Order. Every run has a raw PRNG key (`jax.random.PRNGKey(seed)`); epoch `e` visi
 examples in the order `jax.random.permutation(fold_in(fold_in(key, 0), e), N)`. Step `s`
 belongs to epoch `s // steps_per_epoch` and takes that permutation's slice
 `[(s % steps_per_epoch) * batch_size, ... + batch_size)`. Batches never cross an epoch
-boundary: the last `N % batch_size` examples of each epoch's permutation (different ones every
-epoch) are not visited in that epoch. A permutation of 60000 costs tens of milliseconds on a
+boundary: the examples past `steps_per_epoch * batch_size` in each epoch's permutation (the
+last `N % batch_size` with the default steps per epoch; different ones every epoch) are not
+visited in that epoch. A permutation of 60000 costs tens of milliseconds on a
 CPU, far more than a small model's step, so it is computed once per epoch and carried between
 steps (`EpochOrder`, `advance_order`).
 
