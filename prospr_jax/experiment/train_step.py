@@ -1,7 +1,8 @@
-"""The masked training step and its optimizer, with no I/O: no TF, tfds or ml-collections.
+"""The masked training step, its optimizer and the evaluation step, with no I/O: no TF, tfds or
+ml-collections.
 
-`prospr_jax.experiment.train` (the training loop) and the benchmarks share these, so that timing the
-training step needs only jax, flax and optax.
+`prospr_jax.experiment.train` (the training loop), `prospr_jax.experiment.population` and the
+benchmarks share these, so that timing the training step needs only jax, flax and optax.
 """
 
 from __future__ import annotations
@@ -75,3 +76,20 @@ def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict[str, 
   state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
   return state, {"loss": loss, "accuracy": accuracy}
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: PyTree) -> dict[str, jax.Array]:
+  """Sums over the real examples of `batch` (its 'mask'): count, loss, top-1 and top-5 hits."""
+  logits = state.apply_fn(
+      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+  )
+  weight = batch["mask"].astype(jnp.float32)
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  return {
+      "count": weight.sum(),
+      "loss": (losses * weight).sum(),
+      "top1": ((jnp.argmax(logits, -1) == batch["label"]) * weight).sum(),
+      "top5": ((top5 == batch["label"][:, None]).any(-1) * weight).sum(),
+  }

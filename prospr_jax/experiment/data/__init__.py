@@ -1,8 +1,22 @@
-"""Input pipelines (TensorFlow / TFDS based; the rest of prospr_jax imports without TF)."""
+"""Input pipelines.
 
-from prospr_jax.experiment.data.input_pipeline import (
-    DatasetInfo,
-    eval_batches,
-    get_dataset_info,
-    train_batches,
-)
+The tf.data pipeline (`input_pipeline`: `DatasetInfo`, `eval_batches`, `get_dataset_info`,
+`train_batches`) needs TensorFlow and TFDS; it is imported on first use of one of those names,
+so the TF-free modules of this package (`fashion_mnist_idx`, `in_memory` for Fashion-MNIST,
+`device_batches`, `normalization`) import without TensorFlow.
+"""
+
+import importlib
+from typing import Any
+
+_INPUT_PIPELINE_NAMES = ("DatasetInfo", "eval_batches", "get_dataset_info", "train_batches")
+
+
+def __getattr__(name: str) -> Any:
+  if name in _INPUT_PIPELINE_NAMES:
+    input_pipeline = importlib.import_module("prospr_jax.experiment.data.input_pipeline")
+    return getattr(input_pipeline, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = list(_INPUT_PIPELINE_NAMES)

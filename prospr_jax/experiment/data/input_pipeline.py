@@ -25,7 +25,7 @@ Preprocessing, by the kind of image:
   the central 224x224 crop.
 
 Pixels are then scaled to [0, 1] and normalized with the data set's per-channel
-mean and std (`_MEAN_STD`); data sets without known constants stay in [0, 1].
+mean and std (`MEAN_STD`); data sets without known constants stay in [0, 1].
 
 Multi-host: `train_batches` takes the global batch size and the rows of every
 global batch that this process feeds (`rows`); every process runs the same
@@ -47,6 +47,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from prospr_jax.experiment.data.fashion_mnist_local import FashionMnistLocal
+from prospr_jax.experiment.data.normalization import MEAN_STD
 
 try:
   # TF only feeds data; the accelerators belong to JAX.
@@ -56,14 +57,6 @@ except RuntimeError:
 
 SUPPORTED = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet2012")
 
-# Per-channel mean and std of the training images, pixel values in [0, 1].
-_MEAN_STD = {
-    "mnist": ((0.1307,), (0.3081,)),
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 _EVAL_SPLIT = {"imagenet2012": "validation"}  # Default: "test".
 _CROP_SIZE = 224  # Variable-size images: side of the square model input.
 _RESIZE_SIZE = 256  # Variable-size images: shorter side before the eval crop.
@@ -101,8 +94,13 @@ def _not_prepared_message(name: str, builder: tfds.core.DatasetBuilder,
                 "and copy DATA_DIR here (or pass data_dir=DATA_DIR).")
 
 
-def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """A prepared builder for `name`; Fashion-MNIST is prepared from local files."""
+def prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """A prepared builder for `name`; Fashion-MNIST is prepared from local files.
+
+  Raises:
+    ValueError: unknown data set, or not an image classification set.
+    FileNotFoundError: the set is not prepared in `data_dir` (nothing is downloaded).
+  """
   if name == "fashion_mnist":
     builder = FashionMnistLocal(data_dir=data_dir)
     if not builder.is_prepared():
@@ -129,14 +127,15 @@ def _eval_split(name: str) -> str:
   return _EVAL_SPLIT.get(name, "test")
 
 
-def _variable_size(builder: tfds.core.DatasetBuilder) -> bool:
+def has_variable_size(builder: tfds.core.DatasetBuilder) -> bool:
+  """Whether the set's stored images vary in height or width (ImageNet and the like)."""
   height, width, _ = builder.info.features["image"].shape
   return height is None or width is None
 
 
 def _image_shape(builder: tfds.core.DatasetBuilder) -> tuple[int, int, int]:
   height, width, channels = builder.info.features["image"].shape
-  if _variable_size(builder):
+  if has_variable_size(builder):
     return (_CROP_SIZE, _CROP_SIZE, channels)
   return (height, width, channels)
 
@@ -149,7 +148,7 @@ def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
     FileNotFoundError: the set is not prepared in `data_dir` (Fashion-MNIST: the
       local IDX files are missing).
   """
-  builder = _builder(name, data_dir)
+  builder = prepared_builder(name, data_dir)
   splits = builder.info.splits
   return DatasetInfo(
       name=name,
@@ -163,8 +162,8 @@ def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
 def _normalize(name: str, image: tf.Tensor) -> tf.Tensor:
   """uint8 or float [0, 255] image -> float32, scaled to [0, 1] and normalized."""
   image = tf.cast(image, tf.float32) / 255.0
-  if name in _MEAN_STD:
-    mean, std = _MEAN_STD[name]
+  if name in MEAN_STD:
+    mean, std = MEAN_STD[name]
     image = (image - mean) / std
   return image
 
@@ -235,8 +234,8 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
   start, stop, step = (rows or slice(None)).indices(batch_size)
   if step != 1 or start >= stop:
     raise ValueError(f"rows={rows} must be a non-empty slice of the {batch_size} batch rows.")
-  builder = _builder(name, data_dir)
-  variable_size = _variable_size(builder)
+  builder = prepared_builder(name, data_dir)
+  variable_size = has_variable_size(builder)
   num_examples = builder.info.splits["train"].num_examples
   cache = (not variable_size
            and num_examples * math.prod(builder.info.features["image"].shape) <= _CACHE_BYTES)
@@ -292,8 +291,8 @@ def eval_batches(name: str, *, batch_size: int,
   Raises:
     ValueError, FileNotFoundError: as `get_dataset_info`.
   """
-  builder = _builder(name, data_dir)
-  variable_size = _variable_size(builder)
+  builder = prepared_builder(name, data_dir)
+  variable_size = has_variable_size(builder)
   eval_split = _eval_split(name)
   split = tfds.split_for_jax_process(eval_split)
   per_process = -(-builder.info.splits[eval_split].num_examples // jax.process_count())
