@@ -29,4 +29,7 @@ from prospr_jax.saliency import (
 from prospr_jax.structured import structured_prune
 from prospr_jax.transform import keep_masked
 
+# Declares the built-in methods in METHODS (it imports the criteria and the channel scorers).
+from prospr_jax import builtin_methods  # pylint: disable=g-bad-import-order
+
 __version__ = "0.1.0"

@@ -7,14 +7,18 @@ Batches are dicts `{'image': float [B, ...], 'label': int [B]}`; linen models ar
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import flax.linen as nn
 import jax
 import optax
 
-from prospr_jax.saliency.objective import BATCHNORM_MODES, BatchNormMode
 from prospr_jax.tree_types import PyTree
 
+BatchNormMode = Literal["train", "eval"]
+"""How BatchNorm runs while a criterion scores: 'train' normalizes with each batch's statistics,
+'eval' with the running statistics in the model state (at initialization mean 0, variance 1)."""
+BATCHNORM_MODES: tuple[BatchNormMode, ...] = ("train", "eval")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

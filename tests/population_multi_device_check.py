@@ -14,7 +14,6 @@ import numpy as np
 import test_population as tp  # tests/ is this script's directory, hence on sys.path
 from conftest import TinyBNCNN
 from prospr_jax.experiment import population as pop_lib
-from prospr_jax.experiment.data import device_batches as db
 
 
 def main() -> None:

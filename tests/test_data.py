@@ -10,12 +10,13 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from prospr_jax.experiment.data import eval_batches, get_dataset_info, train_batches  # noqa: E402
-from prospr_jax.experiment.data import fashion_mnist_local, input_pipeline  # noqa: E402
+from prospr_jax.experiment.data import (  # noqa: E402
+    fashion_mnist_idx, input_pipeline)
 
-FMNIST_DIR = pathlib.Path(fashion_mnist_local.DEFAULT_SOURCE_DIR)
+FMNIST_DIR = pathlib.Path(fashion_mnist_idx.DEFAULT_SOURCE_DIR)
 needs_fmnist = pytest.mark.skipif(
     not (FMNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST IDX files missing: {fashion_mnist_local.INSTALL_COMMAND}")
+    reason=f"Fashion-MNIST IDX files missing: {fashion_mnist_idx.INSTALL_COMMAND}")
 
 
 def _idx_test_split() -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +172,7 @@ def test_generic_tfds_path_with_mock_data(tmp_path, name, num_classes, image_sha
 
 
 def test_missing_fashion_mnist_files(tmp_path, monkeypatch):
-  monkeypatch.setenv(fashion_mnist_local.SOURCE_DIR_ENV, str(tmp_path / "absent"))
+  monkeypatch.setenv(fashion_mnist_idx.SOURCE_DIR_ENV, str(tmp_path / "absent"))
   with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
     get_dataset_info("fashion_mnist", str(tmp_path / "data"))
 
@@ -181,7 +182,7 @@ def test_idx_magic_number_is_checked(tmp_path):
   with gzip.open(path, "wb") as f:
     f.write((0x803).to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x00")
   with pytest.raises(ValueError, match="magic"):
-    fashion_mnist_local.read_idx(path, 0x801)
+    fashion_mnist_idx.read_idx(path, 0x801)
 
 
 def test_unknown_data_set(tmp_path):

@@ -24,7 +24,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import LinenApply
 from prospr_jax.models.convnet import SmallConvNet
 from prospr_jax.saliency import batch_statistics, ntk_sap, px, relu_rewrite
-from prospr_jax.structured.pure_models import FunctionApply, LinenEvalApply, as_pure_model
+from prospr_jax.pure_models import FunctionApply, LinenEvalApply, as_pure_model
 from prospr_jax.tree_types import PyTree
 from test_reference_fixtures import RefCNN
 

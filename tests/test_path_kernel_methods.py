@@ -20,7 +20,7 @@ from prospr_jax.experiment import train
 from prospr_jax.saliency import ntk_sap, px
 from prospr_jax.saliency.batch_statistics import LinenBatchStatistics
 from prospr_jax.saliency.relu_rewrite import NoReluError
-from prospr_jax.structured.pure_models import LinenEvalApply
+from prospr_jax.pure_models import LinenEvalApply
 
 _SHAPE = (6, 6, 2)
 

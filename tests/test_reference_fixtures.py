@@ -26,7 +26,7 @@ import pytest
 import prospr_jax as pj
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.saliency import snip, synflow
-from prospr_jax.saliency.objective import BatchNormMode
+from prospr_jax.adapters import BatchNormMode
 from prospr_jax.tree_types import PyTree
 
 REFERENCE_DIR = pathlib.Path(__file__).parent / "reference"

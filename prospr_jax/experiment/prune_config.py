@@ -20,7 +20,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import check_batchnorm_mode
 from prospr_jax.analysis import sanity
 from prospr_jax.saliency import registry
-from prospr_jax.saliency.objective import BatchNormMode
+from prospr_jax.adapters import BatchNormMode
 
 DENSE = "dense"
 """`config.prune.method` value that trains the unpruned network."""

@@ -29,6 +29,3 @@ from prospr_jax.saliency.snip import (
     snip_scores,
 )
 from prospr_jax.saliency.synflow import synflow_masks, synflow_scores
-
-# Declares the built-in methods in METHODS; last, as it imports the criteria above.
-from prospr_jax.saliency import methods  # pylint: disable=g-bad-import-order

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from prospr_jax.structured.pure_models import LinenEvalApply, NnxApply, takes_train
+from prospr_jax.pure_models import LinenEvalApply, NnxApply, takes_train
 from prospr_jax.tree_types import PyTree
 
 CalibrateFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
@@ -86,7 +86,7 @@ class NnxBatchStatistics:
 
 
 def batch_statistics_for(apply_fn: Callable[..., jax.Array]) -> CalibrateFn | None:
-  """The calibration matching a `prospr_jax.structured.pure_models` apply function: linen
+  """The calibration matching a `prospr_jax.pure_models` apply function: linen
   models with a `train` argument and NNX models get theirs; any other model (no BatchNorm
   state to set) gets None."""
   if isinstance(apply_fn, LinenEvalApply) and takes_train(apply_fn.module):

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 
 
 def restrict(tree: PyTree, prunable: tuple[bool, ...]) -> PyTree:

@@ -48,7 +48,7 @@ from prospr_jax.tree_types import PyTree
 StatefulApplyFn = Callable[[PyTree, PyTree, jax.Array], jax.Array]
 """`apply_fn(params, state, x) -> outputs` with BatchNorm in eval mode (running statistics in
 `state`), e.g. `as_pure_model(...)[0].apply`; a plain `apply_fn(params, x)` becomes one with
-`prospr_jax.structured.pure_models.FunctionApply` and `state={}`."""
+`prospr_jax.pure_models.FunctionApply` and `state={}`."""
 InitFn = Callable[[jax.Array], PyTree]
 """`init_fn(key) -> params`: a fresh draw of the params (same tree and shapes)."""
 

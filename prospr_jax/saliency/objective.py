@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from prospr_jax.tree_types import PyTree
+from prospr_jax.tree_types import PlainLossFn, PyTree, StatefulLossFn
 
-StatefulLossFn = Callable[[PyTree, PyTree, PyTree], tuple[jax.Array, PyTree]]
-PlainLossFn = Callable[[PyTree, PyTree], jax.Array]
-BatchNormMode = Literal["train", "eval"]
-"""How BatchNorm runs while a criterion scores: 'train' normalizes with each batch's statistics,
-'eval' with the running statistics in the model state (at initialization mean 0, variance 1)."""
-BATCHNORM_MODES: tuple[BatchNormMode, ...] = ("train", "eval")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,8 +18,7 @@ import optax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 
 DEFAULT_INNER_OPTIMIZER = optax.sgd(0.1)
 """The inner optimizer of the authors' code: plain SGD, learning rate 0.1."""

@@ -5,7 +5,7 @@ A `MethodSpec` says everything about a method that code outside its implementati
 function, the inputs it needs, its options, whether it is one-shot, the BatchNorm mode it
 scores in, its channel-group (structured) scorer, where the experiments read its options from
 (`config.prune` field names, as plain strings) and its place in sweeps and reports. The
-built-in methods are declared in `prospr_jax.saliency.methods`; `registered(spec)` adds one for
+built-in methods are declared in `prospr_jax.builtin_methods`; `registered(spec)` adds one for
 the length of a `with` block (tests).
 """
 
@@ -21,7 +21,7 @@ import jax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.analysis import sanity
-from prospr_jax.saliency.objective import BATCHNORM_MODES, BatchNormMode
+from prospr_jax.adapters import BATCHNORM_MODES, BatchNormMode
 from prospr_jax.tree_types import PyTree
 
 

@@ -10,8 +10,7 @@ import jax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 
 SelectFn = Callable[..., PyTree]
 """`select(scores, sparsity, eligible=None) -> bool masks`, e.g. a partial of

@@ -39,7 +39,7 @@ from prospr_jax.structured.groups import group_roots
 from prospr_jax.structured.nested import nested_jaxpr
 from prospr_jax.structured.primitive_rule import Kept, compacted_out_shapes
 from prospr_jax.structured.prune import Model, TracedModel, trace_model
-from prospr_jax.structured.pure_models import NnxApply
+from prospr_jax.pure_models import NnxApply
 from prospr_jax.structured.trace_errors import user_source_line
 from prospr_jax.structured.trace_types import ChannelTrace, Labels, Site
 from prospr_jax.tree_types import PyTree

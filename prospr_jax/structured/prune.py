@@ -19,12 +19,11 @@ from flax import nnx
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 from prospr_jax.structured import scoring
 from prospr_jax.structured.groups import ChannelGroup, channel_groups
 from prospr_jax.structured.channel_masks import check_allocation, expand_masks, select_channels
-from prospr_jax.structured.pure_models import PureModel, as_pure_model
+from prospr_jax.pure_models import PureModel, as_pure_model
 from prospr_jax.structured.trace_types import ChannelTrace
 from prospr_jax.structured.tracing import trace_channels
 

@@ -22,8 +22,7 @@ import optax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.saliency import objective, prospr, registry, snip
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 from prospr_jax.structured.groups import ChannelGroup, Slot
 
 Scores = dict[str, np.ndarray]

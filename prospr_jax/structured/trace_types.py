@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import jax.extend as jex
 import numpy as np
 
-if TYPE_CHECKING:  # the rule type refers back to the tracer, which builds a `ChannelTrace`
-  from prospr_jax.structured.primitive_rule import PrimitiveRule
 
 Labels = tuple[np.ndarray | None, ...]
 """Per axis: the atom of each position, or `None` (the axis carries no channels)."""
@@ -121,4 +119,4 @@ class ChannelTrace:
   roots: np.ndarray
   pinned: np.ndarray
   treedefs: tuple[Any, Any, Any, Any]
-  rules: Mapping[str, PrimitiveRule]
+  rules: Mapping[str, Any]  # `primitive_rule.PrimitiveRule`s, which import this module

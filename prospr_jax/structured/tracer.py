@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jax.extend as jex
 import jax.numpy as jnp
@@ -23,8 +23,14 @@ from prospr_jax.structured.trace_errors import (
 from prospr_jax.structured.trace_types import (
     CONSUMER, MEMBER, Labels, Leaf, LeafAxis, LeafKind, Role, Site, TracedValue)
 
-if TYPE_CHECKING:  # rules receive the tracer, so their module imports this one
-  from prospr_jax.structured.primitive_rule import PrimitiveRule
+
+class PropagationRule(Protocol):
+  """What the tracer reads of a primitive's rule (`primitive_rule.PrimitiveRule`, which
+  imports this module, since rules receive the tracer)."""
+
+  def propagate(self, tracer: ChannelTracer, eqn: jex.core.JaxprEqn,
+                ins: list[TracedValue]) -> list[TracedValue]:
+    """The channel flow through `eqn`: a `TracedValue` per output."""
 
 
 class ChannelTracer:
@@ -34,7 +40,7 @@ class ChannelTracer:
     rules: `{primitive name: PrimitiveRule}`, the rules to follow (`rule_registry`).
   """
 
-  def __init__(self, rules: Mapping[str, PrimitiveRule]) -> None:
+  def __init__(self, rules: Mapping[str, PropagationRule]) -> None:
     self.rules = rules
     self.atoms = ChannelAtoms()
     self.leaves: list[Leaf] = []

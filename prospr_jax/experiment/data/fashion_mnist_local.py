@@ -15,16 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-# The IDX reading is TF-free and lives in fashion_mnist_idx; these names stay importable here.
-from prospr_jax.experiment.data.fashion_mnist_idx import (  # noqa: F401 (re-exported)
-    CLASS_NAMES,
-    DEFAULT_SOURCE_DIR,
-    INSTALL_COMMAND,
-    SOURCE_DIR_ENV,
-    SPLIT_FILES,
-    load_split,
-    read_idx,
-)
+from prospr_jax.experiment.data.fashion_mnist_idx import CLASS_NAMES, SPLIT_FILES, load_split
 
 
 def encode_png(image: np.ndarray) -> bytes:

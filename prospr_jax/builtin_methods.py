@@ -29,7 +29,7 @@ from prospr_jax.saliency.registry import (
     register,
 )
 from prospr_jax.structured import scoring
-from prospr_jax.structured.pure_models import FunctionApply, LinenEvalApply
+from prospr_jax.pure_models import FunctionApply, LinenEvalApply
 from prospr_jax.tree_types import PyTree
 
 

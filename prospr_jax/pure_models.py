@@ -30,8 +30,7 @@ import jax
 from flax import nnx
 
 from prospr_jax.adapters import LinenLoss, cross_entropy
-from prospr_jax.tree_types import PyTree
-from prospr_jax.saliency.objective import StatefulLossFn
+from prospr_jax.tree_types import PyTree, StatefulLossFn
 
 ApplyFn = Callable[[PyTree, PyTree, Any], Any]
 """`apply(params, state, x) -> outputs`, eval mode."""
