@@ -40,13 +40,14 @@ def _positive_finite(x) -> bool:
 def test_every_time_and_ratio_is_positive_and_finite(results):
   ks = results["config"]["ks"]
   expected_times = {"train_step_masked", "train_step_dense", "snip",
-                    *(f"prospr_k{k}" for k in ks), f"prospr_first_order_k{max(ks)}"}
+                    *(f"prospr_k{k}" for k in ks), f"prospr_first_order_k{max(ks)}",
+                    "ntk_sap_round", "px_round"}
   assert set(results["times"]) == expected_times
   for name, t in results["times"].items():
     assert _positive_finite(t["compile_ms"]), name
     assert _positive_finite(t["run_ms"]), name
     assert _positive_finite(t["peak_mib"]), name
-  assert len(results["ratios"]) == len(ks) + 3
+  assert len(results["ratios"]) == len(ks) + 7  # + NTK-SAP and PX: per round, to a mask
   for name, ratio in results["ratios"].items():
     assert _positive_finite(ratio), name
 

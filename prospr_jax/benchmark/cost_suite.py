@@ -2,7 +2,9 @@
 
 `run_benchmark` compiles and times (see `timing`) the masked training step, the same step
 without `keep_masked` (dense), full ProsPr for each k (with or without remat), and first-order
-ProsPr and SNIP at the reference k (`cost_cases.timing_cases`), and reports run-time ratios;
+ProsPr and SNIP at the reference k (`cost_cases.timing_cases`), and one round of NTK-SAP and of
+PX (`path_kernel_cases`), and reports run-time ratios (NTK-SAP and PX per round and over their
+default number of rounds, against full ProsPr at the reference k);
 it also tabulates the compiled memory of the ProsPr meta-gradient with and without remat per
 k, and checks the targets below.
 """
@@ -14,7 +16,7 @@ from typing import Any
 
 import jax
 
-from prospr_jax.benchmark import cost_cases, result_record, timing
+from prospr_jax.benchmark import cost_cases, path_kernel_cases, result_record, timing
 from prospr_jax.benchmark.cost_cases import prospr_name, reference_k
 from prospr_jax.benchmark.reference_comparison import reference_comparison
 from prospr_jax.benchmark.synthetic_setup import Setup, make_setup
@@ -40,8 +42,8 @@ def measure_times(
 ) -> dict[str, dict[str, float]]:
   """`{name: {'compile_ms', 'run_ms', 'peak_mib'}}` for every `cost_cases.timing_cases` entry
   (see `timing`; 'peak_mib' is the compiled function's `timing.memory_stats` peak)."""
-  calls = {name: timing.compile_call(jitted, *args)
-           for name, (jitted, args) in cost_cases.timing_cases(setup, ks, remat).items()}
+  cases = cost_cases.timing_cases(setup, ks, remat) | path_kernel_cases.timing_cases(setup)
+  calls = {name: timing.compile_call(jitted, *args) for name, (jitted, args) in cases.items()}
   run_ms = timing.interleaved_median_ms(calls, repeats)
   return {name: {"compile_ms": 1e3 * call.compile_s, "run_ms": run_ms[name],
                  "peak_mib": timing.memory_stats(call.executable)["peak"] / timing.BYTES_PER_MIB}
@@ -67,13 +69,18 @@ def measure_memory(setup: Setup, memory_ks: Sequence[int]) -> dict[str, dict[str
 def ratios(
     times: dict[str, dict[str, float]], ks: Sequence[int], remat: bool = False
 ) -> dict[str, float]:
-  """Run-time ratios: ProsPr / masked step per k, first-order and SNIP / ProsPr, masked / dense."""
+  """Run-time ratios: ProsPr / masked step per k; first-order, SNIP, and NTK-SAP and PX per
+  round and over their default rounds, / ProsPr at the reference k; masked / dense."""
   run = {name: t["run_ms"] for name, t in times.items()}
   k_ref = reference_k(ks)
+  reference = prospr_name(k_ref, remat)
   out = {f"{prospr_name(k, remat)} / train_step_masked":
          run[prospr_name(k, remat)] / run["train_step_masked"] for k in ks}
   for name in (f"prospr_first_order_k{k_ref}", "snip"):
-    out[f"{name} / {prospr_name(k_ref, remat)}"] = run[name] / run[prospr_name(k_ref, remat)]
+    out[f"{name} / {reference}"] = run[name] / run[reference]
+  for name, rounds in path_kernel_cases.rounds_to_mask().items():
+    out[f"{name} / {reference}"] = run[name] / run[reference]
+    out[f"{name} x {rounds} / {reference}"] = rounds * run[name] / run[reference]
   out["train_step_masked / train_step_dense"] = run["train_step_masked"] / run["train_step_dense"]
   return out
 
