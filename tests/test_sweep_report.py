@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prospr_jax.experiment import study_report, grid_sweep
+from prospr_jax.experiment import grid_sweep, study_plots, study_report
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -221,18 +221,19 @@ def assert_png(path):
 def test_write_report(tmp_path):
   paths = study_report.write_report(synthetic_records(), str(tmp_path))
   names = [os.path.basename(p) for p in paths]
-  assert names == [study_report.TABLE_FILE, study_report.ACCURACY_PLOT_FILE, study_report.DENSITY_PLOT_FILE]
+  assert names == [study_report.TABLE_FILE, study_report.ACCURACY_PLOT_FILE,
+                   study_report.DIFFERENCES_PLOT_FILE, study_report.DENSITY_PLOT_FILE]
   assert (tmp_path / study_report.TABLE_FILE).read_text().count("**") == 4
   for path in paths[1:]:
     assert_png(path)
 
 
 def test_layer_densities_default_and_missing_sparsity():
-  layers, densities = study_report.layer_densities(synthetic_records(), 0.99)
+  layers, densities = study_plots.layer_densities(synthetic_records(), 0.99)
   assert layers == list(LAYERS) and set(densities) == {"prospr", "snip"}
   np.testing.assert_allclose(densities["snip"], [0.01 * (i + 1) / 2 + 0.005 for i in range(3)])
   with pytest.raises(ValueError, match="No per-layer densities"):
-    study_report.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
+    study_plots.plot_layer_density(synthetic_records(), "unused.png", sparsity=0.5)
 
 
 def test_arms_set_their_modifiers_and_run_dirs():

@@ -1,15 +1,11 @@
-"""Tables and plots of a sweep's results (records from
-`prospr_jax.experiment.grid_sweep.collect_records`).
+"""A study's report: markdown tables of a sweep's records (`grid_sweep.collect_records`, see
+`study_records`) and the plots of `study_plots`, written by `write_report`.
 
-Each record is a dict with at least `method` (the sweep arm, e.g. 'snip' or 'prospr+shuffle'),
-`sparsity` (0.0 for dense arms), `seed`, `final_test_top1` (a fraction) and, for the
-layer-density plot, `layer_density` (`{param path: density}`); `git_commit`, `git_dirty`,
-`effective_density_total`, `inactive_fraction`, `num_disconnected_layers` and `prune_seconds`
-feed the provenance check and the extra tables. Accuracies are reported in percent; spreads are
-the sample standard deviation over seeds (`STD_DDOF = 1`); paired differences come with a 95%
-Student-t interval over seeds.
-
-Plots are drawn on Agg canvases (no display, no pyplot state).
+Beside accuracy (mean ± sample std over seeds), the reference method (the declared report
+reference) is compared with every other arm seed by seed: with a 95% Student-t interval per
+comparison, and corrected for the whole family of comparisons (Holm-Bonferroni verdicts with
+Bonferroni intervals, `study_statistics`), at equal nominal density and at matched effective
+density. Extra tables: effective density, dense convergence, sanity checks, mask-finding time.
 """
 
 from __future__ import annotations
@@ -19,104 +15,33 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import scipy.stats
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from prospr_jax.experiment import study_plots, study_statistics
 from prospr_jax.experiment.grid_sweep import DENSE, parse_arm
+from prospr_jax.experiment.study_records import (
+    STD_DDOF,
+    Record,
+    Stats,
+    check_provenance,
+    dense_stats,
+    group_stats,
+    is_sanity_arm,
+    ordered_methods,
+    ordered_sparsities,
+    sparsity_label,
+    summarize,
+)
 from prospr_jax.saliency import registry
 
-Record = dict[str, Any]
-STD_DDOF = 1
-"""Delta degrees of freedom of the reported std over seeds (1: sample standard deviation)."""
-SANITY_MODIFIERS = ("shuffle", "reinit", "invert")
 CONFIDENCE = 0.95
 TABLE_FILE = "results_table.md"
 ACCURACY_PLOT_FILE = "accuracy_vs_sparsity.png"
 DENSITY_PLOT_FILE = "layer_density.png"
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-  """Mean and std (ddof=`STD_DDOF`, NaN for a single value) of `n` values."""
-
-  mean: float
-  std: float
-  n: int
-
-
-def summarize(values: Sequence[float]) -> Stats:
-  """Mean, std with `STD_DDOF` and count of `values` (std is NaN when there is only one)."""
-  x = np.asarray(values, dtype=np.float64)
-  std = float(np.std(x, ddof=STD_DDOF)) if x.size > STD_DDOF else math.nan
-  return Stats(float(np.mean(x)), std, int(x.size))
-
-
-def group_stats(records: Sequence[Record], metric: str = "final_test_top1",
-                scale: float = 100.0) -> dict[tuple[str, float], Stats]:
-  """`{(method, sparsity): Stats of scale * record[metric] over seeds}` (dense at sparsity 0)."""
-  groups: dict[tuple[str, float], list[float]] = defaultdict(list)
-  for r in records:
-    if r.get(metric) is not None:
-      groups[(r["method"], float(r["sparsity"]))].append(scale * float(r[metric]))
-  return {key: summarize(values) for key, values in groups.items()}
-
-
-def is_sanity_arm(arm: str) -> bool:
-  """Whether a sweep arm is a sanity check ('prospr+shuffle', ...)."""
-  return any(m in SANITY_MODIFIERS for m in parse_arm(arm)[1])
-
-
-def ordered_methods(records: Sequence[Record]) -> list[str]:
-  """Pruned arms present (sparsity > 0), the row order of the tables: arms of registered
-  methods in declaration order (`registry.METHODS`; each method's plain arm, then its arms
-  with modifiers alphabetically), then the other arms alphabetically."""
-  present = {r["method"] for r in records if float(r["sparsity"]) > 0}
-  rank = {name: i for i, name in enumerate(registry.METHODS)}
-  known = sorted((arm for arm in present if parse_arm(arm)[0] in rank),
-                 key=lambda arm: (rank[parse_arm(arm)[0]], parse_arm(arm)[1], arm))
-  return known + sorted(present - set(known))
-
-
-def check_provenance(records: Sequence[Record], allow_mixed: bool = False) -> list[str]:
-  """The distinct git commits of `records` (None for records that have none), sorted.
-
-  Raises:
-    ValueError: unless `allow_mixed`, if the records come from more than one commit, from an
-      unknown commit, or from a tree with uncommitted changes: such a table cannot be
-      reproduced from one version of the code.
-  """
-  commits = sorted({r.get("git_commit") for r in records}, key=str)
-  dirty = sorted({r["workdir"] for r in records if r.get("git_dirty")})
-  if not allow_mixed and (len(commits) > 1 or None in commits or dirty):
-    per_commit = defaultdict(set)
-    for r in records:
-      per_commit[r.get("git_commit")].add(r["method"])
-    details = "; ".join(f"{str(c)[:12]}: {sorted(m)}" for c, m in per_commit.items())
-    raise ValueError(
-        f"The results come from {len(commits)} commit(s) ({details})"
-        + (f" and {len(dirty)} run(s) from a modified tree" if dirty else "")
-        + ". Rerun them on one commit, or allow mixing explicitly (--allow_mixed_commits)."
-    )
-  return commits
-
-
-def ordered_sparsities(records: Sequence[Record]) -> list[float]:
-  """Sparsities of the pruned runs, ascending."""
-  return sorted({float(r["sparsity"]) for r in records if float(r["sparsity"]) > 0})
-
-
-def sparsity_label(sparsity: float) -> str:
-  """0.995 -> '99.5%'."""
-  return f"{round(100 * sparsity, 6):g}%"
-
-
-def dense_stats(stats: dict[tuple[str, float], Stats]) -> Stats | None:
-  """The dense baseline's stats, if the records have dense runs."""
-  return stats.get((DENSE, 0.0))
+EFFECTIVE_PLOT_FILE = "accuracy_vs_effective_density.png"
+DIFFERENCES_PLOT_FILE = "differences_to_reference.png"
 
 
 def format_cell(stats: Stats | None, expected_seeds: int, bold: bool = False) -> str:
@@ -181,110 +106,6 @@ def results_table(records: Sequence[Record], metric: str = "final_test_top1",
   return "\n".join(lines) + "\n"
 
 
-def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
-  """A fixed color per method (tab10 order), so both plots agree."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-
-  cmap = colormaps["tab10"]
-  return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
-
-
-def _new_figure(width: float, height: float) -> tuple[Figure, Any]:
-  """A figure on an Agg canvas and its single axes."""
-  fig = Figure(figsize=(width, height), layout="constrained")
-  FigureCanvasAgg(fig)
-  return fig, fig.add_subplot()
-
-
-def _nan_to_zero(x: float) -> float:
-  return 0.0 if math.isnan(x) else x
-
-
-def plot_accuracy_vs_sparsity(records: Sequence[Record], path: str,
-                              metric: str = "final_test_top1") -> None:
-  """Accuracy vs remaining-weight fraction (log x, inverted: sparsity grows to the right).
-
-  One line per method with ± std error bars and band; dense as a dashed horizontal line.
-  """
-  stats = group_stats(records, metric)
-  methods, sparsities = ordered_methods(records), ordered_sparsities(records)
-  colors = _method_colors(methods)
-  fig, ax = _new_figure(7.0, 4.5)
-  ax.set_xscale("log")
-  if sparsities:  # fixed before plotting: no autoscaling of a single sparsity
-    remaining = [1.0 - s for s in sparsities]
-    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)  # inverted: sparser to the right
-    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
-    ax.minorticks_off()
-  for m in methods:
-    points = [(1.0 - s, stats[(m, s)]) for s in sparsities if (m, s) in stats]
-    x = np.array([p[0] for p in points])
-    mean = np.array([p[1].mean for p in points])
-    std = np.array([_nan_to_zero(p[1].std) for p in points])
-    ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, color=colors[m], label=m)
-    if len(x) > 1:  # a band needs two sparsities; the error bars show a single one
-      ax.fill_between(x, mean - std, mean + std, color=colors[m], alpha=0.15, lw=0)
-  dense = dense_stats(stats)
-  if dense is not None:
-    ax.axhline(dense.mean, color="black", ls="--", lw=1.2, label=DENSE)
-    spread = _nan_to_zero(dense.std)
-    ax.axhspan(dense.mean - spread, dense.mean + spread, color="black", alpha=0.08, lw=0)
-  ax.set_xlabel("sparsity (log scale of remaining weights)")
-  ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize="small", ncols=2)
-  fig.savefig(path, dpi=120)
-
-
-def layer_densities(records: Sequence[Record], sparsity: float
-                    ) -> tuple[list[str], dict[str, np.ndarray]]:
-  """Layer names (in the order recorded) and each method's mean per-layer density at `sparsity`.
-
-  Raises:
-    ValueError: if no pruned run at `sparsity` has per-layer densities.
-  """
-  chosen = [r for r in records if float(r["sparsity"]) > 0 and r.get("layer_density")
-            and math.isclose(float(r["sparsity"]), sparsity)]
-  if not chosen:
-    raise ValueError(f"No per-layer densities at sparsity {sparsity}; the records have "
-                     f"sparsities {ordered_sparsities(records)}.")
-  layers = list(dict.fromkeys(name for r in chosen for name in r["layer_density"]))
-  per_method: dict[str, list[list[float]]] = defaultdict(list)
-  for r in chosen:
-    per_method[r["method"]].append([r["layer_density"].get(n, math.nan) for n in layers])
-  methods = [m for m in ordered_methods(chosen) if m in per_method]
-  return layers, {m: np.nanmean(np.array(per_method[m]), axis=0) for m in methods}
-
-
-def plot_layer_density(records: Sequence[Record], path: str,
-                       sparsity: float | None = None) -> None:
-  """Grouped bars (log y) of each method's per-layer density at `sparsity` (default: highest).
-
-  A dotted line marks the overall density 1 - sparsity.
-  """
-  if sparsity is None:
-    sparsities = ordered_sparsities(records)
-    if not sparsities:
-      raise ValueError("No pruned runs in the records.")
-    sparsity = sparsities[-1]
-  layers, densities = layer_densities(records, sparsity)
-  colors = _method_colors(ordered_methods(records))
-  fig, ax = _new_figure(min(20.0, max(6.0, 1.5 + 0.2 * len(layers) * len(densities))), 4.5)
-  index = np.arange(len(layers))
-  width = 0.8 / len(densities)
-  for i, (m, d) in enumerate(densities.items()):
-    ax.bar(index + (i - (len(densities) - 1) / 2) * width, d, width, color=colors[m], label=m)
-  ax.axhline(1.0 - sparsity, color="black", ls=":", lw=1.2, label="overall density")
-  ax.set_yscale("log")
-  ax.set_xticks(index, layers, rotation=45, ha="right", fontsize="small")
-  ax.set_xlabel("layer")
-  ax.set_ylabel("fraction of weights kept")
-  ax.set_title(f"Per-layer density at {sparsity_label(sparsity)} sparsity")
-  ax.grid(True, axis="y", alpha=0.3)
-  ax.legend(fontsize="small", ncols=2)
-  fig.savefig(path, dpi=120)
-
-
 @dataclasses.dataclass(frozen=True)
 class Interval:
   """Mean of `n` paired differences and its `CONFIDENCE` Student-t interval (NaN if n < 2)."""
@@ -315,17 +136,9 @@ def paired_differences(records: Sequence[Record], reference: str | None = None,
   difference is taken seed by seed (a paired comparison).
   """
   reference = reference or registry.report_reference()
-  value = {(r["method"], float(r["sparsity"]), r["seed"]): scale * float(r[metric])
-           for r in records if r.get(metric) is not None}
-  out = {}
-  pairs = {(a, s) for a, s, _ in value} - {(reference, s) for _, s, _ in value}
-  for arm, sparsity in sorted(pairs):
-    seeds = sorted(seed for (a, s, seed) in value if a == arm and s == sparsity
-                   and (reference, s, seed) in value)
-    if seeds:
-      out[(arm, sparsity)] = mean_interval(
-          [value[(reference, sparsity, seed)] - value[(arm, sparsity, seed)] for seed in seeds])
-  return out
+  arms = sorted({r["method"] for r in records} - {reference})
+  diffs = study_statistics.paired_differences(records, reference, arms, metric, scale)
+  return {key: mean_interval(values) for key, values in sorted(diffs.items())}
 
 
 def _markdown_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -354,6 +167,42 @@ def paired_table(records: Sequence[Record], reference: str | None = None) -> str
            f"by seed [{CONFIDENCE:.0%} Student-t interval]; an interval above 0 means "
            f"{reference} is better.")
   return _markdown_table(title, ["method"] + [sparsity_label(s) for s in sparsities], rows)
+
+
+def format_comparison(comparison: study_statistics.Comparison | None) -> str:
+  """'+1.23 [+0.10, +2.36] ahead (p=0.012)': mean, corrected interval, verdict, Holm p."""
+  if comparison is None:
+    return "—"
+  if math.isnan(comparison.low):
+    return f"{comparison.mean:+.2f} (n={comparison.n})"
+  return (f"{comparison.mean:+.2f} [{comparison.low:+.2f}, {comparison.high:+.2f}] "
+          f"{comparison.verdict} (p={comparison.holm_p:.2g})")
+
+
+def reference_comparisons(records: Sequence[Record], matched_effective: bool = False,
+                          reference: str | None = None) -> list[study_statistics.Comparison]:
+  """The reference minus every other pruned arm (no sanity arms) at every density, as one
+  corrected family; at equal nominal density, or at the reference's effective density."""
+  reference = reference or registry.report_reference()
+  arms = [m for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+  differences = (study_statistics.matched_effective_differences if matched_effective
+                 else study_statistics.paired_differences)(records, reference, arms)
+  return study_statistics.correct_family(differences)
+
+
+def corrected_table(comparisons: Sequence[study_statistics.Comparison], what: str,
+                    row_label: str = "method") -> str:
+  """Markdown table of a corrected family: rows = arms, columns = sparsities."""
+  cells = {(c.arm, c.sparsity): c for c in comparisons}
+  arms = list(dict.fromkeys(c.arm for c in comparisons))
+  sparsities = sorted({c.sparsity for c in comparisons})
+  rows = [[arm] + [format_comparison(cells.get((arm, s))) for s in sparsities] for arm in arms]
+  m = len(comparisons)
+  title = (f"{what}, final test top-1 in points: mean over seeds paired by seed "
+           f"[{1 - study_statistics.ALPHA / max(m, 1):.2%} Bonferroni interval], and the verdict "
+           f"of a Holm-Bonferroni correction over all {m} comparisons of this table "
+           f"(family-wise error {study_statistics.ALPHA}) with its adjusted p-value.")
+  return _markdown_table(title, [row_label] + [sparsity_label(s) for s in sparsities], rows)
 
 
 def connectivity_table(records: Sequence[Record]) -> str:
@@ -445,18 +294,31 @@ def sanity_differences_table(records: Sequence[Record]) -> str:
   return _markdown_table(title, ["difference"] + [sparsity_label(s) for s in sparsities], rows)
 
 
+def sanity_comparisons(records: Sequence[Record]) -> list[study_statistics.Comparison]:
+  """Each method minus each of its sanity-check arms at every density, one corrected family;
+  the arm of a comparison is named 'method − arm'."""
+  bases, _ = _sanity_arms(records)
+  differences = {}
+  for base, arms in bases.items():
+    for (arm, sparsity), diffs in study_statistics.paired_differences(
+        records, base, arms).items():
+      differences[(f"{base} − {arm}", sparsity)] = diffs
+  return study_statistics.correct_family(differences)
+
+
 def write_report(records: Sequence[Record], output_dir: str,
                  density_sparsity: float | None = None,
                  expected_seeds: int | None = None,
                  allow_mixed_commits: bool = False) -> list[str]:
-  """Writes `results_table.md`, `accuracy_vs_sparsity.png` and `layer_density.png`.
+  """Writes `results_table.md` and the plots (`ACCURACY_PLOT_FILE` and, where the records
+  allow, the others of `PLOT_FILES`).
 
   The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
-  and, where the records have them, the paired differences against the declared report
-  reference (`registry.report_reference()`), the effective density, the dense convergence
-  check, the sanity checks (and each method minus its sanity arms, paired by seed) and the
-  mask-finding times. The density plot is left out (with no
-  error) when no record has per-layer densities. Refuses records from several commits unless
+  and, where the records have them: the paired differences against the declared report
+  reference (`registry.report_reference()`), uncorrected and corrected for the family, at
+  equal nominal and at matched effective density; the effective density; the dense
+  convergence check; the sanity checks (and each method minus its sanity arms, uncorrected and
+  corrected); the mask-finding times. Refuses records from several commits unless
   `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
   commits = check_provenance(records, allow_mixed_commits)
@@ -466,20 +328,40 @@ def write_report(records: Sequence[Record], output_dir: str,
   sections = [f"Runs: {len(records)}; code: {', '.join(str(c) for c in commits)}.\n",
               results_table(main, expected_seeds=expected_seeds)]
   pruned = {r["method"] for r in main if float(r["sparsity"]) > 0}
-  if registry.report_reference() in pruned and len(pruned) > 1:
-    sections.append(paired_table(main))
-  if any(r.get("effective_density_total") is not None for r in main):
+  reference = registry.report_reference()
+  compared = reference in pruned and len(pruned) > 1
+  effective = any(r.get("effective_density_total") is not None for r in main)
+  if compared:
+    comparisons = reference_comparisons(main)
+    sections += [paired_table(main), corrected_table(
+        comparisons, f"{reference} minus each method at equal density (corrected)")]
+    if effective:
+      sections.append(corrected_table(
+          reference_comparisons(main, matched_effective=True),
+          f"{reference} minus each method at {reference}'s effective density (each method's "
+          "accuracy interpolated linearly in log effective density between its two nearest "
+          "runs of the same seed; no extrapolation)"))
+  if effective:
     sections.append(connectivity_table(main))
   if len({r["method"] for r in main if float(r["sparsity"]) == 0.0}) > 1:
     sections.append(convergence_table(main))
   if any(is_sanity_arm(r["method"]) for r in records):
-    sections += [sanity_table(records), sanity_differences_table(records)]
+    sections += [sanity_table(records), sanity_differences_table(records),
+                 corrected_table(sanity_comparisons(records),
+                                 "Each method minus its sanity-check arms (corrected)",
+                                 row_label="difference")]
   if any(r.get("prune_seconds") is not None for r in main):
     sections.append(prune_time_table(main))
   with open(paths[0], "w") as f:
     f.write("\n".join(sections))
-  plot_accuracy_vs_sparsity(main, paths[1])
+  study_plots.plot_accuracy_vs_sparsity(main, paths[1])
+  if effective:
+    paths.append(os.path.join(output_dir, EFFECTIVE_PLOT_FILE))
+    study_plots.plot_accuracy_vs_effective_density(main, paths[-1])
+  if compared:
+    paths.append(os.path.join(output_dir, DIFFERENCES_PLOT_FILE))
+    study_plots.plot_paired_differences(comparisons, reference, paths[-1])
   if any(r.get("layer_density") for r in main if float(r["sparsity"]) > 0):
     paths.append(os.path.join(output_dir, DENSITY_PLOT_FILE))
-    plot_layer_density(main, paths[-1], density_sparsity)
+    study_plots.plot_layer_density(main, paths[-1], density_sparsity)
   return paths

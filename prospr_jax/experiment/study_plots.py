@@ -1,0 +1,233 @@
+"""Plots of a study's records: accuracy against density and against effective density (with
+collapsed runs marked, not squeezing the rest), per-layer densities, and the paired
+differences to the reference with their family-wise corrected intervals.
+
+Drawn on Agg canvases (no display, no pyplot state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from prospr_jax.experiment.grid_sweep import DENSE
+from prospr_jax.experiment.study_records import (
+    Record,
+    dense_stats,
+    group_stats,
+    ordered_methods,
+    ordered_sparsities,
+    sparsity_label,
+)
+from prospr_jax.experiment.study_statistics import Comparison
+
+
+def _method_colors(methods: Sequence[str]) -> dict[str, Any]:
+  """A fixed color per method (tab10 order), so both plots agree."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+
+  cmap = colormaps["tab10"]
+  return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+def _new_figure(width: float, height: float) -> tuple[Figure, Any]:
+  """A figure on an Agg canvas and its single axes."""
+  fig = Figure(figsize=(width, height), layout="constrained")
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
+def _nan_to_zero(x: float) -> float:
+  return 0.0 if math.isnan(x) else x
+
+
+def collapsed(record: Record) -> bool:
+  """Whether a pruned run's network is cut: a layer kept no weight on an input-output path."""
+  return float(record["sparsity"]) > 0 and bool(record.get("num_disconnected_layers"))
+
+
+def _informative_ylim(ax: Any, values: Sequence[float]) -> None:
+  """Y range of `values` (the runs that are not collapsed) with a 10% margin."""
+  if values:
+    low, high = min(values), max(values)
+    margin = 0.1 * (high - low) or 1.0
+    ax.set_ylim(low - margin, high + margin)
+
+
+def _mark_collapsed(ax: Any, records: Sequence[Record], x_of: Any, metric: str,
+                    colors: dict[str, Any]) -> None:
+  """An 'x' at the bottom of the axes for each collapsed run, at its x, in its method's color."""
+  bottom = ax.get_ylim()[0]
+  for r in records:
+    if collapsed(r) and r["method"] in colors and r.get(metric) is not None:
+      ax.plot(x_of(r), bottom, marker="x", ms=7, color=colors[r["method"]], clip_on=False)
+
+
+def plot_accuracy_vs_sparsity(records: Sequence[Record], path: str,
+                              metric: str = "final_test_top1") -> None:
+  """Accuracy vs remaining-weight fraction (log x, inverted: sparsity grows to the right).
+
+  One line per method with ± std error bars and band over the runs that are not collapsed
+  (`collapsed`); each collapsed run is an 'x' on the bottom edge. The y range covers the runs
+  that are not collapsed, so a method whose network is cut does not squeeze the others into
+  one band. Dense as a dashed horizontal line.
+  """
+  kept = [r for r in records if not collapsed(r)]
+  stats = group_stats(kept, metric)
+  methods, sparsities = ordered_methods(records), ordered_sparsities(records)
+  colors = _method_colors(methods)
+  fig, ax = _new_figure(7.0, 4.5)
+  ax.set_xscale("log")
+  if sparsities:  # fixed before plotting: no autoscaling of a single sparsity
+    remaining = [1.0 - s for s in sparsities]
+    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)  # inverted: sparser to the right
+    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
+    ax.minorticks_off()
+  for m in methods:
+    points = [(1.0 - s, stats[(m, s)]) for s in sparsities if (m, s) in stats]
+    if not points:
+      continue
+    x = np.array([p[0] for p in points])
+    mean = np.array([p[1].mean for p in points])
+    std = np.array([_nan_to_zero(p[1].std) for p in points])
+    ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, color=colors[m], label=m)
+    if len(x) > 1:  # a band needs two sparsities; the error bars show a single one
+      ax.fill_between(x, mean - std, mean + std, color=colors[m], alpha=0.15, lw=0)
+  dense = dense_stats(stats)
+  if dense is not None:
+    ax.axhline(dense.mean, color="black", ls="--", lw=1.2, label=DENSE)
+    spread = _nan_to_zero(dense.std)
+    ax.axhspan(dense.mean - spread, dense.mean + spread, color="black", alpha=0.08, lw=0)
+  _informative_ylim(ax, [100 * float(r[metric]) for r in kept if r.get(metric) is not None])
+  _mark_collapsed(ax, records, lambda r: 1.0 - float(r["sparsity"]), metric, colors)
+  ax.set_xlabel("sparsity (log scale of remaining weights); x: a collapsed run")
+  ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small", ncols=2)
+  fig.savefig(path, dpi=120)
+
+
+def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
+                                       metric: str = "final_test_top1") -> None:
+  """Every pruned run's accuracy against its effective density (log x, sparser to the right),
+  one color per method, method means per nominal density joined by a line; collapsed runs as
+  'x' on the bottom edge (`plot_accuracy_vs_sparsity`)."""
+  runs = [r for r in records if float(r["sparsity"]) > 0 and r.get(metric) is not None
+          and r.get("effective_density_total")]
+  kept = [r for r in runs if not collapsed(r)]
+  methods = ordered_methods(runs)
+  colors = _method_colors(methods)
+  fig, ax = _new_figure(7.0, 4.5)
+  ax.set_xscale("log")
+  for m in methods:
+    mine = [r for r in kept if r["method"] == m]
+    if not mine:
+      continue
+    ax.scatter([100 * r["effective_density_total"] for r in mine],
+               [100 * float(r[metric]) for r in mine], s=10, color=colors[m], alpha=0.5)
+    by_sparsity = defaultdict(list)
+    for r in mine:
+      by_sparsity[float(r["sparsity"])].append(
+          (100 * r["effective_density_total"], 100 * float(r[metric])))
+    means = sorted((np.mean([e for e, _ in v]), np.mean([a for _, a in v]))
+                   for v in by_sparsity.values())
+    ax.plot(*zip(*means), marker="o", ms=4, color=colors[m], label=m)
+  if runs:
+    ax.set_xlim(max(100 * r["effective_density_total"] for r in runs) * 1.25,
+                min(100 * r["effective_density_total"] for r in runs) / 1.25)
+  _informative_ylim(ax, [100 * float(r[metric]) for r in kept])
+  _mark_collapsed(ax, runs, lambda r: 100 * r["effective_density_total"], metric, colors)
+  ax.set_xlabel("effective density (% of prunable weights on an input-output path, log)")
+  ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small", ncols=2)
+  fig.savefig(path, dpi=120)
+
+
+def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
+                            path: str) -> None:
+  """The reference minus each arm per density, with the family-wise corrected intervals
+  (`study_statistics`): one line per arm, the x axis as in `plot_accuracy_vs_sparsity`, a
+  dashed zero line; a filled marker where the corrected verdict is not 'indistinguishable'."""
+  arms = list(dict.fromkeys(c.arm for c in comparisons))
+  colors = _method_colors(arms)
+  fig, ax = _new_figure(7.0, 4.5)
+  ax.set_xscale("log")
+  sparsities = sorted({c.sparsity for c in comparisons})
+  if sparsities:
+    remaining = [1.0 - s for s in sparsities]
+    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)
+    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
+    ax.minorticks_off()
+  for i, arm in enumerate(arms):
+    mine = sorted((c for c in comparisons if c.arm == arm), key=lambda c: c.sparsity)
+    shift = 1.0 + 0.02 * (i - (len(arms) - 1) / 2)  # side by side, not on top of each other
+    x = np.array([(1.0 - c.sparsity) * shift for c in mine])
+    mean = np.array([c.mean for c in mine])
+    err = np.array([[_nan_to_zero(c.mean - c.low) for c in mine],
+                    [_nan_to_zero(c.high - c.mean) for c in mine]])
+    ax.errorbar(x, mean, yerr=err, marker="", capsize=3, color=colors[arm], label=arm)
+    for xi, c in zip(x, mine):
+      ax.plot(xi, c.mean, marker="o", ms=5, color=colors[arm],
+              fillstyle="none" if c.verdict == "indistinguishable" else "full")
+  ax.axhline(0.0, color="black", ls="--", lw=1.0)
+  ax.set_xlabel("sparsity; filled marker: the corrected interval excludes 0")
+  ax.set_ylabel(f"{reference} minus arm (points)")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small", ncols=2)
+  fig.savefig(path, dpi=120)
+
+
+def layer_densities(records: Sequence[Record], sparsity: float
+                    ) -> tuple[list[str], dict[str, np.ndarray]]:
+  """Layer names (in the order recorded) and each method's mean per-layer density at `sparsity`.
+
+  Raises:
+    ValueError: if no pruned run at `sparsity` has per-layer densities.
+  """
+  chosen = [r for r in records if float(r["sparsity"]) > 0 and r.get("layer_density")
+            and math.isclose(float(r["sparsity"]), sparsity)]
+  if not chosen:
+    raise ValueError(f"No per-layer densities at sparsity {sparsity}; the records have "
+                     f"sparsities {ordered_sparsities(records)}.")
+  layers = list(dict.fromkeys(name for r in chosen for name in r["layer_density"]))
+  per_method: dict[str, list[list[float]]] = defaultdict(list)
+  for r in chosen:
+    per_method[r["method"]].append([r["layer_density"].get(n, math.nan) for n in layers])
+  methods = [m for m in ordered_methods(chosen) if m in per_method]
+  return layers, {m: np.nanmean(np.array(per_method[m]), axis=0) for m in methods}
+
+
+def plot_layer_density(records: Sequence[Record], path: str,
+                       sparsity: float | None = None) -> None:
+  """Grouped bars (log y) of each method's per-layer density at `sparsity` (default: highest).
+
+  A dotted line marks the overall density 1 - sparsity.
+  """
+  if sparsity is None:
+    sparsities = ordered_sparsities(records)
+    if not sparsities:
+      raise ValueError("No pruned runs in the records.")
+    sparsity = sparsities[-1]
+  layers, densities = layer_densities(records, sparsity)
+  colors = _method_colors(ordered_methods(records))
+  fig, ax = _new_figure(min(20.0, max(6.0, 1.5 + 0.2 * len(layers) * len(densities))), 4.5)
+  index = np.arange(len(layers))
+  width = 0.8 / len(densities)
+  for i, (m, d) in enumerate(densities.items()):
+    ax.bar(index + (i - (len(densities) - 1) / 2) * width, d, width, color=colors[m], label=m)
+  ax.axhline(1.0 - sparsity, color="black", ls=":", lw=1.2, label="overall density")
+  ax.set_yscale("log")
+  ax.set_xticks(index, layers, rotation=45, ha="right", fontsize="small")
+  ax.set_xlabel("layer")
+  ax.set_ylabel("fraction of weights kept")
+  ax.set_title(f"Per-layer density at {sparsity_label(sparsity)} sparsity")
+  ax.grid(True, axis="y", alpha=0.3)
+  ax.legend(fontsize="small", ncols=2)
+  fig.savefig(path, dpi=120)
