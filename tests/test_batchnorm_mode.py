@@ -64,7 +64,8 @@ def test_registry_records_each_methods_authors_mode():
   modes = {name: method.batchnorm_mode for name, method in pj.METHODS.items()}
   assert modes == {"prospr": "train", "prospr_first_order": "train", "snip": "eval",
                    "grasp": "train", "iterative_snip": "train", "force": "train",
-                   "synflow": "eval", "magnitude": None, "random": None}
+                   "synflow": "eval", "magnitude": None, "random": None, "ntk_sap": "eval",
+                   "px": "train"}
 
 
 @pytest.mark.parametrize("method, structured_, override, expected", [
