@@ -24,7 +24,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax import models, structured
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.analysis import connectivity, sanity
-from prospr_jax.experiment import atomic_files
+from prospr_jax.experiment import atomic_files, config_checks
 from prospr_jax.experiment import data as data_lib
 from prospr_jax.experiment import distributed, progress, provenance, prune_config, run_plan
 from prospr_jax.experiment.train_step import (
@@ -180,11 +180,10 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    changed = sorted(k for k in set(previous) | set(current)
-                     if k not in _LAUNCH_FIELDS and previous.get(k) != current.get(k))
+    changed = config_checks.differences(previous, current, ignore=_LAUNCH_FIELDS)
     if changed:
       raise ValueError(
-          f"{workdir} holds a run with a different config (differs in {changed}). Use another "
+          f"{workdir} holds a run with a different config: {'; '.join(changed)}. Use another "
           "--workdir or delete that one."
       )
   if jax.process_index() == 0:
