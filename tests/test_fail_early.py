@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 
 import process_group  # tests/ is on sys.path (pytest's rootdir-relative import)
+import prospr_jax as pj
 from configs import test as test_config
+from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
+from prospr_jax import models
+from prospr_jax.adapters import LinenLoss
 from prospr_jax.experiment import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -137,3 +141,43 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   _damage_checkpoint(damaged, 20)
   with pytest.raises(RuntimeError, match=r"No checkpoint in .* restores: step 20: .*; step 15: "):
     train.load_run(str(damaged))
+
+
+@pytest.mark.parametrize("arguments, error, match", [
+    ({"optimizer": "sgd"}, TypeError,
+     r"optimizer must be an optax transformation such as optax.sgd\(0.1\); got 'sgd' \(str\)"),
+    ({"filter_fn": "head"}, TypeError, r"filter_fn must be a function; got 'head' \(str\)"),
+    ({"loss_fn": 1.0}, TypeError, r"loss_fn must be a function; got 1.0 \(float\)"),
+])
+def test_prune_names_an_argument_of_the_wrong_kind(arguments, error, match):
+  kwargs = {"loss_fn": mlp_loss, "batches": make_batches(jax.random.key(1), 1)} | arguments
+  with pytest.raises(error, match=match):
+    pj.prune("prospr", mlp_params(jax.random.key(0)), 0.5, **kwargs)
+
+
+def test_an_int_key_is_refused_saying_how_to_make_one():
+  with pytest.raises(TypeError, match=r"key must be a JAX PRNG key, made with "
+                                      r"jax.random.key\(seed\) .*; got 0 \(int\)"):
+    pj.prune("random", mlp_params(jax.random.key(0)), 0.5, key=0)
+  with pytest.raises(TypeError, match=r"got an array of dtype int32 and shape \(3,\)"):
+    pj.prune("random", mlp_params(jax.random.key(0)), 0.5, key=jnp.arange(3))
+
+
+def test_typed_and_raw_keys_are_both_accepted():
+  params = mlp_params(jax.random.key(0))
+  typed = pj.prune("random", params, 0.5, key=jax.random.key(7))
+  raw = pj.prune("random", params, 0.5, key=jax.random.PRNGKey(7))
+  jax.tree.map(np.testing.assert_array_equal, typed, raw)
+
+
+def test_the_linen_loss_names_the_batch_keys_it_expects_and_those_given():
+  model = TinyBNCNN()
+  variables = models.init_variables(model, jax.random.key(3), (6, 6, 2))
+  batch = {"x": jnp.zeros((4, 6, 6, 2)), "y": jnp.zeros((4,), jnp.int32)}
+  with pytest.raises(ValueError, match=r"A batch must have the keys \['image', 'label'\] .*; "
+                                       r"this one has \['x', 'y'\], without \['image', 'label'\]"):
+    pj.prune("snip", variables["params"], 0.5, loss_fn=LinenLoss(model), batches=[batch],
+             state={"batch_stats": variables["batch_stats"]})
+  with pytest.raises(TypeError, match=r"A batch must be a dict .*; got a tuple"):
+    LinenLoss(model)(variables["params"], {"batch_stats": variables["batch_stats"]},
+                     (batch["x"], batch["y"]))
