@@ -181,3 +181,29 @@ def test_the_linen_loss_names_the_batch_keys_it_expects_and_those_given():
   with pytest.raises(TypeError, match=r"A batch must be a dict .*; got a tuple"):
     LinenLoss(model)(variables["params"], {"batch_stats": variables["batch_stats"]},
                      (batch["x"], batch["y"]))
+
+
+_ITERATE_PIPELINES = """
+import glob, os, sys, tempfile
+from prospr_jax.experiment import data
+data_dir = sys.argv[1]
+for augment in (True, False):
+  next(data.train_batches("fashion_mnist", batch_size=8, seed=0, data_dir=data_dir,
+                          augment=augment, rows=slice(0, 4)))
+next(data.eval_batches("fashion_mnist", batch_size=8, data_dir=data_dir))
+print(len(glob.glob(os.path.join(tempfile.gettempdir(), "__autograph_generated_file*.py"))))
+sys.stdout.flush()
+os._exit(0)  # as a killed process: no atexit clean-up
+"""
+
+
+def test_the_input_pipelines_write_no_autograph_files(tmp_path, fashion_mnist_data_dir):
+  temp = tmp_path / "tmp"
+  temp.mkdir()
+  proc = subprocess.run(
+      [sys.executable, "-c", _ITERATE_PIPELINES, fashion_mnist_data_dir],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", TMPDIR=str(temp)))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split() == ["0"]  # none while the pipelines run
+  assert not glob.glob(str(temp / "__autograph_generated_file*.py"))  # none left behind
