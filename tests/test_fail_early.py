@@ -22,7 +22,7 @@ from configs import test as test_config
 from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
 from prospr_jax import models
 from prospr_jax.adapters import LinenLoss
-from prospr_jax.experiment import train
+from prospr_jax.experiment import distributed, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _FAST_S = 30.0
@@ -207,3 +207,31 @@ def test_the_input_pipelines_write_no_autograph_files(tmp_path, fashion_mnist_da
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ["0"]  # none while the pipelines run
   assert not glob.glob(str(temp / "__autograph_generated_file*.py"))  # none left behind
+
+
+def test_a_peer_that_never_starts_times_out_naming_the_coordinator(tmp_path):
+  """Process 0 of a two-process run starts alone: it exits within seconds, not minutes."""
+  address = f"127.0.0.1:{process_group.free_port()}"
+  start = time.perf_counter()
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "prune_and_train.py"),
+       f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={tmp_path / 'run'}",
+       "--config.distributed.enabled=True", f"--config.distributed.coordinator_address={address}",
+       "--config.distributed.num_processes=2", "--config.distributed.process_id=0",
+       "--config.distributed.initialization_timeout_s=5"],
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+  assert time.perf_counter() - start < _FAST_S
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert (f"Process 0 could not join the 2-process run within 5 s "
+          f"(config.distributed.initialization_timeout_s): coordinator {address}; processes [1] "
+          "did not all connect to it. Start the same command on every host") in proc.stderr
+  assert "Check failure stack trace" not in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_timeout_below_one_second_is_refused():
+  config = test_config.get_config().distributed
+  config.heartbeat_timeout_s = 0
+  with pytest.raises(ValueError, match=r"config.distributed.heartbeat_timeout_s=0 must be >= 1"):
+    distributed.initialize_distributed(config)
