@@ -171,8 +171,9 @@ def plan(pc: ml_collections.ConfigDict) -> PrunePlan:
                      "with prune.structured=True.")
   dense = pc.method == DENSE
   needs = () if dense else method_spec(pc).needs
-  num_batches = num_pruning_batches(pc) if "batches" in needs else 0
+  num_batches = 0
   if "batches" in needs:
+    num_batches = num_pruning_batches(pc)
     config_checks.check_int("prune.batch_size", pc.batch_size, 1)
     config_checks.check_int(
         f"prune.{', '.join(method_spec(pc).num_batches.fields)}", num_batches, 1)
