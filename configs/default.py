@@ -17,6 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.process_id = ml_collections.FieldReference(None, field_type=int)
   # GPU/TPU: the local device ids this process uses, e.g. (0, 1).
   config.distributed.local_device_ids = ml_collections.FieldReference(None, field_type=tuple)
+  # Seconds a process waits for all the others to start (then it exits, naming the coordinator),
+  # and without a heartbeat from one (killed, host down) before the others stop.
+  config.distributed.initialization_timeout_s = 60
+  config.distributed.heartbeat_timeout_s = 10
   # Data: a tfds name; 'fashion_mnist' reads Debian's dataset-fashion-mnist files offline.
   config.dataset = "fashion_mnist"
   config.data_dir = ml_collections.FieldReference(None, field_type=str)

@@ -16,10 +16,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import progress, prune_config, train
+from prospr_jax.experiment import command_line, progress, prune_config, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where config, masks and results are written.")
-config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment configuration.")
+command_line.define_config_file("configs/default.py", "Experiment configuration.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=command_line.parse_flags)

@@ -7,6 +7,7 @@ Batches are dicts `{'image': float [B, ...], 'label': int [B]}`; linen models ar
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Literal
 
 import flax.linen as nn
@@ -24,6 +25,22 @@ BATCHNORM_MODES: tuple[BatchNormMode, ...] = ("train", "eval")
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy of `logits [B, C]` against integer `labels [B]`."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+BATCH_KEYS = ("image", "label")
+"""The keys of a batch that `LinenLoss` reads."""
+
+
+def check_batch(batch: PyTree) -> None:
+  """Raises TypeError unless `batch` is a mapping, ValueError naming the expected keys and the
+  given ones unless it holds every key of `BATCH_KEYS`."""
+  if not isinstance(batch, Mapping):
+    raise TypeError(f"A batch must be a dict with keys {list(BATCH_KEYS)} (images [B, ...], "
+                    f"integer labels [B]); got a {type(batch).__name__}.")
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"A batch must have the keys {list(BATCH_KEYS)} (images [B, ...], integer "
+                     f"labels [B]); this one has {list(batch)}, without {missing}.")
 
 
 def check_batchnorm_mode(bn_mode: str) -> None:
@@ -64,6 +81,7 @@ class LinenLoss:
     check_batchnorm_mode(self.bn_mode)
 
   def __call__(self, params: PyTree, state: PyTree, batch: PyTree) -> tuple[jax.Array, PyTree]:
+    check_batch(batch)
     logits, new_state = apply_linen(self.model, params, state, batch["image"], self.bn_mode)
     return cross_entropy(logits / self.temperature, batch["label"]), new_state
 

@@ -8,6 +8,9 @@ feeds the rows of each global batch that its devices hold (`process_rows`).
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,22 +19,44 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from prospr_jax.experiment import config_checks
 from prospr_jax.tree_types import PyTree
 
 DATA_AXIS = "data"
 CLUSTER_FIELDS = ("coordinator_address", "num_processes", "process_id", "local_device_ids")
 """The `jax.distributed.initialize` arguments that `config.distributed` may set."""
+TIMEOUT_FIELDS = ("initialization_timeout_s", "heartbeat_timeout_s")
+"""The fields of `config.distributed` that bound the waits for other processes, in seconds."""
+DISTRIBUTED_FIELDS = ("enabled", *CLUSTER_FIELDS, *TIMEOUT_FIELDS)
+"""The fields of `config.distributed`."""
+_JAX_TIMEOUT_MARGIN_S = 10
+"""JAX itself gives up this long after `initialization_timeout_s` (it aborts the process with a
+C++ stack trace), so that `_exit_unless_joined` reports first."""
+
+
+def check_fields(config: Mapping[str, Any]) -> None:
+  """Raises ValueError naming an unknown field of `config.distributed` or a timeout below 1 s,
+  TypeError a timeout that is not an integer."""
+  config_checks.check_known_fields("distributed", config, DISTRIBUTED_FIELDS)
+  for name in TIMEOUT_FIELDS:
+    config_checks.check_int(f"distributed.{name}", config[name], 1)
 
 
 def initialize_distributed(config: Mapping[str, Any]) -> None:
   """Joins a multi-process run if `config['enabled']` (`config`: `config.distributed`).
 
   Calls `jax.distributed.initialize` with the fields of `CLUSTER_FIELDS` that are not None;
-  those left None are detected from the environment (Cloud TPU, SLURM, Open MPI, ...).
+  those left None are detected from the environment (Cloud TPU, SLURM, Open MPI, ...). A
+  process that has not joined every other one within `initialization_timeout_s` seconds exits
+  with status 1 after one message (`_exit_unless_joined`); once joined, a process that sends no
+  heartbeat for `heartbeat_timeout_s` seconds (killed, host down) stops the others.
 
   Raises:
-    ValueError: a cluster field is set while `enabled` is False (it would be ignored).
+    ValueError: a cluster field is set while `enabled` is False (it would be ignored); a bad
+      field (`check_fields`).
   """
+  check_fields(config)
   given = {k: config[k] for k in CLUSTER_FIELDS if config[k] is not None}
   if not config["enabled"]:
     if given:
@@ -42,8 +67,46 @@ def initialize_distributed(config: Mapping[str, Any]) -> None:
     return
   if "local_device_ids" in given:
     given["local_device_ids"] = list(given["local_device_ids"])
-  jax.distributed.initialize(**given)
+  timeout_s = config["initialization_timeout_s"]
+  watchdog = threading.Timer(timeout_s, _exit_unless_joined, (config,))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    jax.distributed.initialize(
+        **given, initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S,
+        heartbeat_timeout_seconds=config["heartbeat_timeout_s"])
+  finally:
+    watchdog.cancel()
   _connect_collectives(data_mesh())
+
+
+def not_joined_message(config: Mapping[str, Any]) -> str:
+  """What a process that could not join the run within `initialization_timeout_s` reports:
+  the coordinator address, which processes it waited for, and how to start them."""
+  address = config["coordinator_address"] or "(detected from the environment)"
+  num_processes, process_id = config["num_processes"], config["process_id"]
+  if process_id == 0 and num_processes is not None:
+    waited_for = f"processes {list(range(1, num_processes))} did not all connect to it"
+  elif process_id is not None:
+    waited_for = "the coordinator (process 0) or another process did not connect"
+  else:
+    waited_for = "not every process connected"
+  return (
+      f"Process {process_id if process_id is not None else '?'} could not join the "
+      f"{num_processes or '?'}-process run within {config['initialization_timeout_s']} s "
+      f"(config.distributed.initialization_timeout_s): coordinator {address}; {waited_for}. "
+      "Start the same command on every host at about the same time, each with its own "
+      "--config.distributed.process_id, and check that the coordinator address is reachable "
+      "from every host (or raise the timeout)."
+  )
+
+
+def _exit_unless_joined(config: Mapping[str, Any]) -> None:
+  """Writes `not_joined_message(config)` to stderr and ends the process with status 1 (the
+  main thread is blocked inside JAX's connection, which nothing in Python can interrupt)."""
+  sys.stderr.write(f"ERROR: {not_joined_message(config)}\n")
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def _connect_collectives(mesh: Mesh) -> None:

@@ -19,6 +19,7 @@ import ml_collections
 from prospr_jax import masks as masks_lib
 from prospr_jax.adapters import check_batchnorm_mode
 from prospr_jax.analysis import sanity
+from prospr_jax.experiment import config_checks
 from prospr_jax.saliency import registry
 from prospr_jax.adapters import BatchNormMode
 
@@ -54,6 +55,13 @@ def fields_read(pc: ml_collections.ConfigDict) -> tuple[str, ...]:
   batch_size = ("batch_size",) if "batches" in spec.needs else ()
   batchnorm = ("batchnorm_mode",) if spec.batchnorm_mode is not None else ()
   return _EVERY_METHOD + exclude + batch_size + batchnorm + spec.config_fields()
+
+
+def known_fields() -> set[str]:
+  """Every `config.prune` field some registered method reads (the valid field names)."""
+  per_method = (f for spec in registry.METHODS.values()
+                for f in (spec.num_batches.fields + spec.config_fields()))
+  return {*_EVERY_METHOD, "exclude", "batch_size", "batchnorm_mode", *per_method}
 
 
 def check_overrides(pc: ml_collections.ConfigDict, overridden: Iterable[str]) -> None:
@@ -145,18 +153,30 @@ def plan(pc: ml_collections.ConfigDict) -> PrunePlan:
   """Checks `config.prune` and derives the `PrunePlan` of a run.
 
   Raises:
-    ValueError: unknown method, sanity check or BatchNorm mode; sparsity outside [0, 1); a
-      sanity check with structured pruning.
-    TypeError: a non-numeric sparsity.
+    ValueError: an unknown field; unknown method, allocation, sanity check or BatchNorm mode;
+      sparsity outside [0, 1); a bad `exclude` regex; a pruning batch size or count below 1
+      (methods that take batches); a sanity check with structured pruning.
+    TypeError: a non-numeric sparsity, a non-integer count.
   """
+  config_checks.check_known_fields("prune", pc, known_fields())
   masks_lib.check_sparsity(pc.sparsity)
   fields_read(pc)  # an unknown method
+  config_checks.check_choice("prune.allocation", pc.allocation, masks_lib.ALLOCATIONS)
+  if pc.min_kept_per_layer is not None:
+    config_checks.check_int("prune.min_kept_per_layer", pc.min_kept_per_layer, 0)
+  config_checks.check_regexes("prune.exclude", pc.exclude)
   sanity.check_sanity_check(pc.sanity_check)
   if pc.structured and pc.method != DENSE and pc.sanity_check is not None:
     raise ValueError("Sanity checks are for unstructured masks; set prune.sanity_check=None "
                      "with prune.structured=True.")
   dense = pc.method == DENSE
   needs = () if dense else method_spec(pc).needs
+  num_batches = 0
+  if "batches" in needs:
+    num_batches = num_pruning_batches(pc)
+    config_checks.check_int("prune.batch_size", pc.batch_size, 1)
+    config_checks.check_int(
+        f"prune.{', '.join(method_spec(pc).num_batches.fields)}", num_batches, 1)
   return PrunePlan(
       method=pc.method, sparsity=pc.sparsity, structured=pc.structured,
       allocation=pc.allocation, min_kept_per_layer=pc.min_kept_per_layer,
@@ -166,5 +186,5 @@ def plan(pc: ml_collections.ConfigDict) -> PrunePlan:
       options={} if dense else method_options(pc),
       loss_options={} if dense else loss_options(pc),
       batch_size=pc.batch_size,
-      num_batches=num_pruning_batches(pc) if "batches" in needs else 0,
+      num_batches=num_batches,
   )

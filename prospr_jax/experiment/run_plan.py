@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 
 from prospr_jax import models
 from prospr_jax.experiment import data as data_lib
-from prospr_jax.experiment import distributed, prune_config
+from prospr_jax.experiment import config_checks, distributed, prune_config
 from prospr_jax.experiment.train_step import TrainHyperparams
 
 
@@ -78,22 +78,76 @@ class RunPlan:
   train: TrainPlan
 
 
+TOP_LEVEL_FIELDS = ("seed", "distributed", "dataset", "data_dir", "augment", "model", "prune",
+                    "train", "sweep_arm")
+"""The fields of a run's config (its sections: `distributed`, `prune`, `train`; `sweep_arm`:
+the arm a grid sweep's run belongs to, see `grid_sweep.point_config`)."""
+TRAIN_FIELDS = (
+    "num_epochs", "batch_size", "eval_batch_size", "learning_rate", "lr_schedule",
+    "lr_decay_fractions", "momentum", "weight_decay", "steps_per_epoch", "log_every_steps",
+    "eval_every_epochs", "checkpoint_every_steps",
+)
+"""The fields of `config.train`."""
+LR_SCHEDULES = ("cosine", "step")
+
+
+def check_train_fields(tc: ml_collections.ConfigDict) -> None:
+  """Raises ValueError or TypeError naming the first field of `config.train` of a wrong type or
+  out of range, or an unknown one; the data set and devices are `check_batch_sizes`'s."""
+  config_checks.check_known_fields("train", tc, TRAIN_FIELDS)
+  for name in ("num_epochs", "batch_size", "eval_batch_size", "log_every_steps",
+               "eval_every_epochs", "checkpoint_every_steps"):
+    config_checks.check_int(f"train.{name}", tc[name], 1)
+  config_checks.check_int("train.steps_per_epoch", tc.steps_per_epoch, 1, also=(-1,))
+  config_checks.check_number("train.learning_rate", tc.learning_rate, 0.0)
+  config_checks.check_number("train.momentum", tc.momentum, 0.0, 1.0)
+  config_checks.check_number("train.weight_decay", tc.weight_decay, 0.0)
+  config_checks.check_choice("train.lr_schedule", tc.lr_schedule, LR_SCHEDULES)
+  for fraction in tc.lr_decay_fractions:
+    config_checks.check_number("train.lr_decay_fractions", fraction, 0.0, 1.0)
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, prune: prune_config.PrunePlan,
+                      info: data_lib.DatasetInfo, mesh: Mesh) -> None:
+  """Raises ValueError unless every global batch size (training, evaluation, pruning if the
+  method takes batches) divides evenly over the devices of `mesh`, and the training and pruning
+  batches fit in the training split (`info.num_train` images)."""
+  tc = config.train
+  in_train_split = [("train.batch_size", tc.batch_size)]
+  if prune.num_batches:
+    in_train_split.append(("prune.batch_size", prune.batch_size))
+  for name, batch_size in [*in_train_split, ("train.eval_batch_size", tc.eval_batch_size)]:
+    try:
+      distributed.check_batch_size(batch_size, mesh)
+    except ValueError as e:
+      raise ValueError(f"config.{name}: {e}") from None
+  for name, batch_size in in_train_split:
+    if batch_size > info.num_train:
+      raise ValueError(f"config.{name}={batch_size} is larger than the training split of "
+                       f"{info.name} ({info.num_train} images).")
+
+
 def plan_run(config: ml_collections.ConfigDict, mesh: Mesh) -> RunPlan:
   """Checks `config` for a run on `mesh` and derives its `RunPlan`.
 
+  Every field is checked (type, range, unknown names), then what the data set and the devices
+  make of them, before anything is written.
+
   Raises:
-    ValueError: a bad `config.prune` (`prune_config.plan`), a global batch size (training,
-      evaluation, pruning) not divisible by the device count, an unknown data set or model.
+    ValueError: an unknown field; a bad `config.prune` (`prune_config.plan`) or `config.train`
+      (`check_train_fields`); a global batch size (training, evaluation, pruning) not divisible
+      by the device count, or a training or pruning batch larger than the training split; an
+      unknown data set or model.
+    TypeError: a field of the wrong type.
     FileNotFoundError: the data set is not prepared in `config.data_dir`.
   """
+  config_checks.check_known_fields("", config, TOP_LEVEL_FIELDS)
+  config_checks.check_int("seed", config.seed, 0)
   prune = prune_config.plan(config.prune)
   tc = config.train
-  batch_sizes = [tc.batch_size, tc.eval_batch_size]
-  if prune.num_batches:
-    batch_sizes.append(prune.batch_size)
-  for batch_size in batch_sizes:
-    distributed.check_batch_size(batch_size, mesh)
+  check_train_fields(tc)
   info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  check_batch_sizes(config, prune, info, mesh)
   steps_per_epoch = info.num_train // tc.batch_size
   if tc.steps_per_epoch > 0:
     steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)

@@ -24,7 +24,7 @@ from prospr_jax import masks as masks_lib
 from prospr_jax import models, structured
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.analysis import connectivity, sanity
-from prospr_jax.experiment import atomic_files
+from prospr_jax.experiment import atomic_files, config_checks
 from prospr_jax.experiment import data as data_lib
 from prospr_jax.experiment import distributed, progress, provenance, prune_config, run_plan
 from prospr_jax.experiment.train_step import (
@@ -180,11 +180,10 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       previous = json.load(f)
-    changed = sorted(k for k in set(previous) | set(current)
-                     if k not in _LAUNCH_FIELDS and previous.get(k) != current.get(k))
+    changed = config_checks.differences(previous, current, ignore=_LAUNCH_FIELDS)
     if changed:
       raise ValueError(
-          f"{workdir} holds a run with a different config (differs in {changed}). Use another "
+          f"{workdir} holds a run with a different config: {'; '.join(changed)}. Use another "
           "--workdir or delete that one."
       )
   if jax.process_index() == 0:
@@ -227,17 +226,47 @@ def save_checkpoint(
   )
 
 
+def _root_cause_line(error: BaseException, limit: int = 300) -> str:
+  """The type and first message line of the exception at the root of `error`'s chain (orbax
+  wraps the informative tensorstore error in one that prints a whole spec), at most `limit`
+  characters."""
+  while (error.__cause__ or error.__context__) is not None:
+    error = error.__cause__ or error.__context__
+  lines = str(error).strip().splitlines() or [""]
+  return f"{type(error).__name__}: {lines[0]}"[:limit]
+
+
 def restore_checkpoint(
     manager: ocp.CheckpointManager, like: TrainState
 ) -> tuple[TrainState, dict[str, Any]]:
-  """Restores the latest checkpoint into the structure and shardings of `like`."""
+  """Restores the newest intact checkpoint into the structure and shardings of `like`.
+
+  A checkpoint that fails to restore (damaged or truncated files) gets a one-line warning (its
+  step, the error) and the previous one is tried; once one restores, the damaged newer ones are
+  deleted (the run saves those steps again).
+
+  Raises:
+    RuntimeError: no checkpoint restores (they are left on disk).
+  """
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  restored = manager.restore(
-      manager.latest_step(),
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                              meta=ocp.args.JsonRestore()),
+  args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+  failed = {}
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=args)
+    except Exception as e:  # pylint: disable=broad-except (orbax and tensorstore raise many kinds)
+      failed[step] = _root_cause_line(e)
+      _log.warning("The checkpoint at step %d in %s does not restore (%s); trying the previous "
+                   "one.", step, manager.directory, failed[step])
+      continue
+    for bad_step in failed:
+      manager.delete(bad_step)
+    return restored.state, restored.meta
+  raise RuntimeError(
+      f"No checkpoint in {manager.directory} restores: "
+      + "; ".join(f"step {step}: {why}" for step, why in failed.items())
+      + ". Delete the workdir (or use another --workdir) to start the run over."
   )
-  return restored.state, restored.meta
 
 
 def _restore_latest(

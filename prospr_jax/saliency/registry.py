@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
+import optax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.analysis import sanity
@@ -199,6 +201,37 @@ def check_options(method: str, given: Iterable[str], accepted: Iterable[str]) ->
     raise ValueError(f"Method {method!r} has no option(s) {unknown}: {takes}.")
 
 
+def check_key(key: Any) -> None:
+  """Raises TypeError unless `key` is a JAX PRNG key: a typed key (`jax.random.key(seed)`) or
+  a raw uint32 [2] one (`jax.random.PRNGKey(seed)`)."""
+  if isinstance(key, jax.Array | np.ndarray):
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      return
+    if key.dtype == np.uint32 and key.shape == (2,):
+      return
+    got = f"an array of dtype {key.dtype} and shape {key.shape}"
+  else:
+    got = f"{key!r} ({type(key).__name__})"
+  raise TypeError(f"key must be a JAX PRNG key, made with jax.random.key(seed) (or the raw "
+                  f"jax.random.PRNGKey(seed)); got {got}.")
+
+
+def check_input_types(inputs: PruneInputs, options: Mapping[str, Any]) -> None:
+  """Raises TypeError naming the argument of `prune` of the wrong kind: a function argument
+  (`loss_fn`, `apply_fn`, `filter_fn`) that is not callable, a key that is not a PRNG key
+  (`check_key`), an `optimizer` option that is not an optax transformation."""
+  for name in ("loss_fn", "apply_fn", "filter_fn"):
+    value = getattr(inputs, name)
+    if value is not None and not callable(value):
+      raise TypeError(f"{name} must be a function; got {value!r} ({type(value).__name__}).")
+  if inputs.key is not None:
+    check_key(inputs.key)
+  optimizer = options.get("optimizer")
+  if optimizer is not None and not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer must be an optax transformation such as optax.sgd(0.1); got "
+                    f"{optimizer!r} ({type(optimizer).__name__}).")
+
+
 def prune(
     method: str,
     params: PyTree,
@@ -242,7 +275,8 @@ def prune(
 
   Raises:
     ValueError: unknown method or option, missing inputs, sparsity outside [0, 1).
-    TypeError: non-numeric sparsity, params that are not floating point, `structured=`.
+    TypeError: non-numeric sparsity, params that are not floating point, `structured=`, an
+      argument of the wrong kind (`check_input_types`: e.g. an int key, a string optimizer).
   """
   spec = get(method)
   if "structured" in options:
@@ -254,6 +288,7 @@ def prune(
   check_options(method, options, spec.options)
   masks_lib.check_float_params(params)
   inputs = PruneInputs(params, loss_fn, batches, state, apply_fn, input_shape, key, filter_fn)
+  check_input_types(inputs, options)
   missing = [name for name in spec.needs if getattr(inputs, name) is None]
   if missing:
     raise ValueError(f"Method {method!r} needs {missing}; pass them to prune().")

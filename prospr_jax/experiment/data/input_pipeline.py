@@ -39,7 +39,8 @@ are sums over all examples, so their order does not matter.
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -159,6 +160,16 @@ def get_dataset_info(name: str, data_dir: str | None = None) -> DatasetInfo:
   )
 
 
+def _not_converted(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """`fn`, marked for tf.data to trace as it is, without autograph.
+
+  The pipeline's functions branch on Python values only. Autograph would convert each one by
+  writing its rewritten source to a `__autograph_generated_file*.py` in the system temp folder,
+  deleted only at a clean interpreter exit (a killed process leaves them behind).
+  """
+  return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _normalize(name: str, image: tf.Tensor) -> tf.Tensor:
   """uint8 or float [0, 255] image -> float32, scaled to [0, 1] and normalized."""
   image = tf.cast(image, tf.float32) / 255.0
@@ -244,7 +255,7 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
   ds = builder.as_dataset(split="train", shuffle_files=not cache,
                           read_config=tfds.ReadConfig(shuffle_seed=seed),
                           decoders=None if cache else {"image": tfds.decode.SkipDecoding()})
-  ds = ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+  ds = ds.map(_not_converted(lambda ex: {"image": ex["image"], "label": ex["label"]}))
   if cache:
     ds = ds.cache()
   ds = ds.shuffle(num_examples if cache else _SHUFFLE_BUFFER, seed=seed,
@@ -254,8 +265,10 @@ def train_batches(name: str, *, batch_size: int, seed: int, data_dir: str | None
     ds = ds.take(num_examples * num_epochs // batch_size * batch_size)
   ds = ds.enumerate()
   if (start, stop) != (0, batch_size):
-    ds = ds.filter(lambda index, ex: (start <= index % batch_size) & (index % batch_size < stop))
+    ds = ds.filter(_not_converted(
+        lambda index, ex: (start <= index % batch_size) & (index % batch_size < stop)))
 
+  @_not_converted
   def preprocess(index: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     image = ex["image"] if cache else image_feature.decode_example(ex["image"])
     if augment:
@@ -299,6 +312,7 @@ def eval_batches(name: str, *, batch_size: int,
   num_padded = -(-per_process // batch_size) * batch_size
   num_pad = num_padded - builder.info.splits[split].num_examples
 
+  @_not_converted
   def preprocess(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     image = _resize_center_crop(ex["image"]) if variable_size else ex["image"]
     return {"image": _normalize(name, image), "label": tf.cast(ex["label"], tf.int32),
