@@ -13,7 +13,7 @@ than one git commit (or a modified tree) are refused unless --allow_mixed_commit
 
 from absl import app, flags, logging
 
-from prospr_jax.experiment import study_report, grid_sweep
+from prospr_jax.experiment import compile_cache, grid_sweep, study_report
 
 _RESULTS = flags.DEFINE_string("results", None, "all_results.json written by experiments/sweep.py.")
 _ROOT = flags.DEFINE_string("root", None, "A sweep directory: collect its results.json files.")
@@ -27,9 +27,13 @@ _EXPECTED_SEEDS = flags.DEFINE_integer(
 flags.mark_flags_as_required(["output_dir"])
 
 
+_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(_COMPILE_CACHE_DIR.value)
   logging.set_verbosity(logging.INFO)
   if (_RESULTS.value is None) == (_ROOT.value is None):
     raise app.UsageError("Give exactly one of --results and --root.")
