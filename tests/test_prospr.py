@@ -8,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+import prospr_jax as pj
+from configs import default as default_config
 from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
 from prospr_jax import masks as masks_lib
 from prospr_jax import models
@@ -264,3 +266,38 @@ def test_bad_unroll_is_an_error(unroll, error):
   (batch,) = make_batches(jax.random.PRNGKey(1), 1)
   with pytest.raises(error, match="unroll"):
     prospr.prospr_scores(mlp_loss, params, batch, num_steps=2, unroll=unroll)
+
+
+def test_pruning_again_with_new_params_and_an_equal_setup_compiles_nothing():
+  """A second `prune` with new params of the same shapes, a new `LinenLoss` of an equal model
+  and the inner optimizer built again from the same config reuses every compiled program."""
+  config = default_config.get_config().prune
+  optimizer_option = pj.METHODS["prospr"].options["optimizer"]
+  model = TinyBNCNN()
+  (batch,) = make_batches(jax.random.PRNGKey(2), 1, batch_size=8, shape=(8, 8, 2))
+
+  def prune_fresh(seed):
+    variables = models.init_variables(TinyBNCNN(), jax.random.PRNGKey(seed), (8, 8, 2))
+    return lambda: pj.prune(
+        "prospr", variables["params"], 0.9, loss_fn=LinenLoss(TinyBNCNN()), batches=batch,
+        state={"batch_stats": variables["batch_stats"]}, num_steps=2,
+        optimizer=optimizer_option.value(config))
+
+  assert LinenLoss(model) == LinenLoss(TinyBNCNN())
+  jax.block_until_ready(prune_fresh(0)())
+  compiled_programs = prospr.meta_gradient._cache_size()
+  second = prune_fresh(1)  # initializing compiles nothing new either, but is not counted
+  compiles = []
+
+  def count_compiles(event, duration_s, **kwargs):
+    del duration_s, kwargs
+    if event.endswith("backend_compile_duration"):
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(count_compiles)
+  try:
+    jax.block_until_ready(second())
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_compiles)
+  assert prospr.meta_gradient._cache_size() == compiled_programs
+  assert not compiles, compiles
