@@ -26,10 +26,10 @@ from prospr_jax.experiment import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished structured run.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed inference runs (median reported).")
+_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 flags.mark_flags_as_required(["workdir"])
 
 
-_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 
 
 def main(argv: Sequence[str]) -> None:

@@ -30,8 +30,6 @@ _METHOD = flags.DEFINE_string("method", "random", f"One of {structured.structure
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size of the timed forward pass.")
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 

@@ -32,8 +32,6 @@ _MEMORY_K = flags.DEFINE_integer(
     "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
                     "ratio (0: skip).")
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 

@@ -21,8 +21,6 @@ from prospr_jax.experiment import compile_cache
 _SETTING = setting_flags.define_setting_flags()  # --batch_size is the global batch
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 

@@ -26,8 +26,6 @@ _FUNCTION = flags.DEFINE_string("function", "train_step_masked", "A benchmark ti
 _CALLS = flags.DEFINE_integer("calls", 3, "Profiled calls.")
 _TOP = flags.DEFINE_integer("top", 12, "Longest ops to list.")
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 

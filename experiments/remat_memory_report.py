@@ -26,8 +26,6 @@ _SETTING = setting_flags.define_setting_flags()
 _MEMORY_KS = flags.DEFINE_list("memory_ks", ["1", "3", "10", "30"], "ProsPr inner steps k.")
 _TOP = flags.DEFINE_integer("top", 12, "Groups of live buffers to list per k.")
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 

@@ -24,10 +24,10 @@ _DENSITY_SPARSITY = flags.DEFINE_float(
     "density_sparsity", None, "Sparsity of the per-layer density plot (default: the highest).")
 _EXPECTED_SEEDS = flags.DEFINE_integer(
     "expected_seeds", None, "Seeds per full cell (default: distinct seeds in the results).")
+_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 flags.mark_flags_as_required(["output_dir"])
 
 
-_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 
 
 def main(argv):

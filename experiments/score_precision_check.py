@@ -22,8 +22,6 @@ from prospr_jax.experiment import compile_cache
 _SETTING = setting_flags.define_setting_flags()
 _FIRST_ORDER = flags.DEFINE_bool("first_order", False, "First-order ProsPr instead of full.")
 _OUTPUT = setting_flags.define_output_flag()
-
-
 _COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
 
 
