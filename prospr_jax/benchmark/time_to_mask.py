@@ -48,13 +48,13 @@ def measure_k(setup: Setup, k: int, unrolls: Sequence[prospr.Unroll], repeats: i
   """One row per unroll form at `k` inner steps: {'k', 'unroll', 'compile_s', 'run_ms'} and,
   with `remat_memory`, 'remat_peak_mib' (compiled peak of the remat program, MiB)."""
   args = (setup.params, setup.state, setup.batches[: k + 1])
-  compiled = {u: timing.compile_call(prospr_fn(setup, k, u, remat=False), *args)
-              for u in unrolls}
+  # Keyed by position: True == 1 as a dict key.
+  compiled = {i: timing.compile_call(prospr_fn(setup, k, u, remat=False), *args)
+              for i, u in enumerate(unrolls)}
   run_ms = timing.interleaved_median_ms(compiled, repeats)
   rows = []
-  for unroll in unrolls:
-    row = {"k": k, "unroll": unroll, "compile_s": compiled[unroll].compile_s,
-           "run_ms": run_ms[unroll]}
+  for i, unroll in enumerate(unrolls):
+    row = {"k": k, "unroll": unroll, "compile_s": compiled[i].compile_s, "run_ms": run_ms[i]}
     if remat_memory:
       remat = timing.compile_call(prospr_fn(setup, k, unroll, remat=True), *args)
       row["remat_peak_mib"] = timing.memory_stats(remat.executable)["peak"] / timing.BYTES_PER_MIB
