@@ -228,7 +228,7 @@ def test_remat_stores_one_copy_of_params_and_optimizer_state_per_step(unroll):
 
 def test_the_scan_gives_the_unrolled_scores_on_a_bn_cnn():
   """Float32, BatchNorm state threaded through the steps, momentum: the scan's scores are the
-  unrolled loop's to float rounding."""
+  unrolled loop's to float rounding (1e-6 of each leaf's largest score)."""
   model = TinyBNCNN()
   batches = make_batches(jax.random.PRNGKey(2), 6, batch_size=8, shape=(8, 8, 2))
   variables = models.init_variables(model, jax.random.PRNGKey(3), (8, 8, 2))
@@ -238,8 +238,8 @@ def test_the_scan_gives_the_unrolled_scores_on_a_bn_cnn():
                                          unroll=unroll)
             for unroll in (True, 1, 2)}
   for unroll in (1, 2):
-    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-9),
-                 scores[unroll], scores[True])
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(
+        got, want, rtol=0, atol=1e-6 * float(jnp.abs(want).max())), scores[unroll], scores[True])
 
 
 def test_default_unroll_is_a_scan_off_cpu_and_above_the_cpu_threshold(monkeypatch):
