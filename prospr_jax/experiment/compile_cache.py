@@ -49,8 +49,9 @@ def enable(cache_dir: str | None) -> str | None:
 
 
 def define_flag(default: str | None) -> flags.FlagHolder:
-  """Defines `--compile_cache_dir` with `default` (None: `default_cache_dir()`; '': off)."""
+  """Defines `--compile_cache_dir` with `default` (None: `default_cache_dir()`; '': off, as in
+  the benchmark binaries, whose compile times are measured)."""
+  default_text = "off" if default == DISABLED else default or default_cache_dir()
   return flags.DEFINE_string(
       "compile_cache_dir", default,
-      "JAX's persistent compilation cache directory ('': off; unset: "
-      f"{default_cache_dir()}).")
+      f"JAX's persistent compilation cache directory; '' turns it off (default: {default_text}).")
