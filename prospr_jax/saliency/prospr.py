@@ -42,7 +42,9 @@ CPU_UNROLLED_MAX_STEPS = 3
 above. Measured with experiments/time_to_mask_benchmark.py on SmallConvNet at batch 128 on a
 shared 2-core CPU (noisy): compile time unrolled / scan 23 / 27 s at k = 1, 27 / 47 s at
 k = 3, 93 / 50 s at k = 10, 118 / 26 s at k = 30, run times within 10-30% of each other (0.1
-to 2 s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10."""
+to 2 s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10. It depends on
+the model: on ResNet-20 (batch 128) at k = 3 the scan was already ahead (compile 10 / 12 s, run
+4.2 / 3.8 s); a quiet full run of the benchmark should settle this threshold."""
 
 
 def _inner_step(
