@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ DEFAULT_INNER_OPTIMIZER = optax.sgd(0.1)
 closures, so two `optax.sgd(0.1)` are not equal): reuse one optimizer object across calls to
 reuse the compiled program."""
 
-Unroll = Union[bool, int]
+Unroll = bool | int
 """How the inner steps are traced: True for a Python loop unrolled at trace time, an int
 `n >= 1` for a `lax.scan` that unrolls `n` steps per iteration."""
 
@@ -41,10 +41,10 @@ CPU_UNROLLED_MAX_STEPS = 3
 """On CPU, `default_unroll` unrolls the inner loop fully up to this many inner steps and scans
 above. Measured with experiments/time_to_mask_benchmark.py on SmallConvNet at batch 128 on a
 shared 2-core CPU (noisy): compile time unrolled / scan 23 / 27 s at k = 1, 27 / 47 s at
-k = 3, 93 / 50 s at k = 10, 118 / 26 s at k = 30, run times within 10-30% of each other (0.1
-to 2 s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10. It depends on
-the model: on ResNet-20 (batch 128) at k = 3 the scan was already ahead (compile 10 / 12 s, run
-4.2 / 3.8 s); a quiet full run of the benchmark should settle this threshold."""
+k = 3, 93 / 50 s at k = 10, 118 / 26 s at k = 30, run times within 10-30% of each other (1 to 3
+s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10. It depends on
+the model: on ResNet-20 (batch 128) at k = 3 the scan was already ahead (compile 12 / 10 s, run
+3.8 / 4.2 s); a quiet full run of the benchmark should settle this threshold."""
 
 
 def _inner_step(
