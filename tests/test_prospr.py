@@ -301,3 +301,11 @@ def test_pruning_again_with_new_params_and_an_equal_setup_compiles_nothing():
     jax.monitoring.unregister_event_duration_listener(count_compiles)
   assert prospr.meta_gradient._cache_size() == compiled_programs
   assert not compiles, compiles
+
+
+def test_the_config_sets_the_inner_loop_form():
+  config = default_config.get_config().prune
+  unroll_option = pj.METHODS["prospr"].options["unroll"]
+  assert unroll_option.value(config) is None  # left out: default_unroll applies
+  config.unroll = 2
+  assert unroll_option.value(config) == 2
