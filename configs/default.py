@@ -7,6 +7,9 @@ def get_config() -> ml_collections.ConfigDict:
   """Every field can be overridden on the command line as `--config.<field>=<value>`."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # JAX's persistent compilation cache (prospr_jax.experiment.compile_cache): a directory, None
+  # for $XDG_CACHE_HOME/prospr_jax/jax (or ~/.cache/prospr_jax/jax), '' to turn it off.
+  config.compile_cache_dir = ml_collections.FieldReference(None, field_type=str)
   # Multi-process runs (one process per host, see the README): enabled=True calls
   # jax.distributed.initialize() with the fields below that are set; None: detected from the
   # environment (Cloud TPU, SLURM, Open MPI, ...).
@@ -47,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.prune.inner_lr = 0.1
   config.prune.inner_momentum = 0.0
   config.prune.remat = False
+  # ProsPr's inner loop: True (a Python loop unrolled at trace time), an int n >= 1 (a lax.scan
+  # unrolling n steps per iteration) or None (by platform: prospr.default_unroll).
+  config.prune.unroll = ml_collections.FieldReference(None, field_type=object)
   # Iterative SNIP / FORCE rounds (None: their default, 60); SynFlow rounds (its paper: 100).
   config.prune.num_rounds = ml_collections.FieldReference(None, field_type=int)
   config.prune.synflow_rounds = 100

@@ -21,16 +21,20 @@ from absl import app, flags
 from prospr_jax.models import zoo_compaction
 from prospr_jax import masks as masks_lib, structured
 from prospr_jax.benchmark import timing
-from prospr_jax.experiment import train
+from prospr_jax.experiment import compile_cache, train
 from prospr_jax.experiment import data as data_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished structured run.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed inference runs (median reported).")
+_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 flags.mark_flags_as_required(["workdir"])
+
+
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  compile_cache.enable(_COMPILE_CACHE_DIR.value)
   workdir = _WORKDIR.value
   config, model, state = train.load_run(workdir)
   masked = {"params": masks_lib.apply_masks(state.params, state.masks),

@@ -29,6 +29,7 @@ from absl import app, flags
 
 from prospr_jax import masks as masks_lib
 from prospr_jax import models
+from prospr_jax.experiment import compile_cache
 from prospr_jax.experiment import population as pop_lib
 from prospr_jax.experiment.data import device_batches
 from prospr_jax.experiment.data.in_memory import InMemorySplit
@@ -65,8 +66,12 @@ def _member(model_name: str, seed: int) -> TrainState:
       batch_stats=variables.get("batch_stats", {}), masks=masks)
 
 
+_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+
+
 def main(argv: Sequence[str]) -> None:
   del argv
+  compile_cache.enable(_COMPILE_CACHE_DIR.value)
   rng = np.random.default_rng(0)
   split = device_batches.put_on_device(InMemorySplit(
       "synthetic", rng.integers(0, 256, (_NUM_EXAMPLES, *_IMAGE_SHAPE), np.uint8),

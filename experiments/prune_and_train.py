@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import command_line, progress, prune_config, train
+from prospr_jax.experiment import command_line, compile_cache, progress, prune_config, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where config, masks and results are written.")
 command_line.define_config_file("configs/default.py", "Experiment configuration.")
@@ -26,6 +26,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(flags.FLAGS.config.compile_cache_dir)
   if not flags.FLAGS["verbosity"].present:  # absl's --verbosity: the libraries' logs
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config

@@ -13,7 +13,7 @@ than one git commit (or a modified tree) are refused unless --allow_mixed_commit
 
 from absl import app, flags, logging
 
-from prospr_jax.experiment import study_report, grid_sweep
+from prospr_jax.experiment import compile_cache, grid_sweep, study_report
 
 _RESULTS = flags.DEFINE_string("results", None, "all_results.json written by experiments/sweep.py.")
 _ROOT = flags.DEFINE_string("root", None, "A sweep directory: collect its results.json files.")
@@ -24,12 +24,16 @@ _DENSITY_SPARSITY = flags.DEFINE_float(
     "density_sparsity", None, "Sparsity of the per-layer density plot (default: the highest).")
 _EXPECTED_SEEDS = flags.DEFINE_integer(
     "expected_seeds", None, "Seeds per full cell (default: distinct seeds in the results).")
+_COMPILE_CACHE_DIR = compile_cache.define_flag(None)
 flags.mark_flags_as_required(["output_dir"])
+
+
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(_COMPILE_CACHE_DIR.value)
   logging.set_verbosity(logging.INFO)
   if (_RESULTS.value is None) == (_ROOT.value is None):
     raise app.UsageError("Give exactly one of --results and --root.")

@@ -17,7 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import grid_sweep
+from prospr_jax.experiment import compile_cache, grid_sweep
 from prospr_jax.saliency import registry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
@@ -38,6 +38,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(flags.FLAGS.config.compile_cache_dir)
   logging.set_verbosity(logging.INFO)
   points = grid_sweep.expand_grid(
       grid_sweep.parse_list(_METHODS.value),

@@ -42,8 +42,11 @@ def _one_shot(score_fn: Callable[..., PyTree]) -> MethodFn:
   return fn
 
 
+@functools.lru_cache(maxsize=None)
 def _inner_sgd(learning_rate: float, momentum: float) -> optax.GradientTransformation:
-  """ProsPr's inner optimizer: SGD, with momentum unless it is 0."""
+  """ProsPr's inner optimizer: SGD, with momentum unless it is 0. One object per setting, so
+  that the compiled meta-gradient (which has the optimizer as a static argument, compared by
+  identity) is reused by every run with the same setting."""
   return optax.sgd(learning_rate, momentum=momentum or None)
 
 
@@ -52,6 +55,7 @@ _PROSPR_OPTIONS = {
     "num_steps": from_config("num_steps"),
     "optimizer": from_config("inner_lr", "inner_momentum", build=_inner_sgd),
     "remat": from_config("remat"),
+    "unroll": from_config("unroll"),
 }
 _GRADUAL_OPTIONS = {"num_rounds": from_config("num_rounds")}
 # ProsPr takes one batch per inner step and one for the meta-loss.

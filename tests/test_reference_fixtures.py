@@ -308,24 +308,29 @@ def test_gradual_methods_match_naver_force(x64, model, method):
 
 # --- ProsPr (mil-ad/prospr `prospr/prospr.py`, train mode, inner SGD). ---------------------
 
-def _prospr(fx: Fixture, name: str, optimizer: optax.GradientTransformation,
+# ProsPr's inner loop as a Python loop unrolled at trace time, and as a lax.scan.
+_UNROLLS = pytest.mark.parametrize("unroll", [True, 1], ids=["unrolled", "scan"])
+
+
+def _prospr(fx: Fixture, name: str, optimizer: optax.GradientTransformation, unroll: bool | int,
             first_order: bool = False) -> dict[str, np.ndarray]:
   scores = pj.prospr_scores(_loss(fx, "train"), fx.params, fx.pruning_batches(name),
                             state=fx.state, num_steps=int(fx.arrays["prospr/steps"]),
-                            optimizer=optimizer, first_order=first_order)
+                            optimizer=optimizer, first_order=first_order, unroll=unroll)
   return _kernels(scores)
 
 
+@_UNROLLS
 @pytest.mark.parametrize("name", ["prospr", "prospr_first_order", "prospr_same_batch"])
 @pytest.mark.parametrize("model", MODELS)
-def test_prospr_matches_its_authors(x64, model, name):
+def test_prospr_matches_its_authors(x64, model, name, unroll):
   """Unnormalized `|∂L(θ3; D3)/∂c|` with momentum 0: new batches in the inner steps (their
   API default), first order, and one batch for every step (their CLI default). Their masks keep
   `ceil(n (1 - s))`; at that count ours are theirs."""
   fx = _fixture(model)
   assert float(fx.arrays[f"{name}/momentum"]) == 0.0
   optimizer = optax.sgd(float(fx.arrays["prospr/lr"]))
-  _assert_close(_prospr(fx, name, optimizer, first_order=name == "prospr_first_order"),
+  _assert_close(_prospr(fx, name, optimizer, unroll, first_order=name == "prospr_first_order"),
                 fx.layers(f"{name}/score"))
   theirs = fx.layers(f"{name}/mask")
   n = fx.num_prunable()
@@ -333,7 +338,7 @@ def test_prospr_matches_its_authors(x64, model, name):
   masks = pj.prune(name.removesuffix("_same_batch"), fx.params, 1 - _kept(theirs) / n,
                    loss_fn=_loss(fx, "train"), batches=fx.pruning_batches(name),
                    state=fx.state, num_steps=int(fx.arrays["prospr/steps"]),
-                   optimizer=optimizer)
+                   optimizer=optimizer, unroll=unroll)
   _assert_same_masks(masks, theirs)
 
 
@@ -353,16 +358,17 @@ def _sgd_with_detached_first_buffer(lr: float, momentum: float) -> optax.Gradien
   return optax.GradientTransformation(init, update)
 
 
-def test_prospr_with_momentum_differs_from_its_authors_only_by_their_detached_buffer(x64):
+@_UNROLLS
+def test_prospr_with_momentum_differs_from_its_authors_only_by_their_detached_buffer(x64, unroll):
   """With momentum 0.9 their meta-gradient drops the path through the first inner gradient:
   ours (the true meta-gradient, tested against finite differences in test_prospr.py) differs
   (by 14% of the largest score on this MLP), and ours with that buffer detached is theirs."""
   fx = _fixture("mlp")
   lr, momentum = float(fx.arrays["prospr/lr"]), float(fx.arrays["prospr_momentum/momentum"])
   theirs = fx.layers("prospr_momentum/score")
-  _assert_close(_prospr(fx, "prospr_momentum", _sgd_with_detached_first_buffer(lr, momentum)),
-                theirs)
-  ours = _prospr(fx, "prospr_momentum", optax.sgd(lr, momentum=momentum))
+  _assert_close(_prospr(fx, "prospr_momentum", _sgd_with_detached_first_buffer(lr, momentum),
+                        unroll), theirs)
+  ours = _prospr(fx, "prospr_momentum", optax.sgd(lr, momentum=momentum), unroll)
   relative = max(np.abs(ours[k] - theirs[k]).max() for k in theirs) / max(
       np.abs(v).max() for v in theirs.values())
   assert relative > 1e-3

@@ -46,7 +46,8 @@ def test_bad_sparsity_fails_before_scoring():
 
 @pytest.mark.parametrize("method, options, accepted", [
     ("snip", {"num_stepz": 3}, "it takes no options"),
-    ("prospr", {"num_stepz": 3}, r"its options are \['num_steps', 'optimizer', 'remat'\]"),
+    ("prospr", {"num_stepz": 3},
+     r"its options are \['num_steps', 'optimizer', 'remat', 'unroll'\]"),
     ("synflow", {"num_steps": 3, "float64": True}, r"its options are \['float64', 'num_rounds'\]"),
 ])
 def test_unknown_option_names_the_accepted_ones(method, options, accepted):

@@ -25,6 +25,8 @@ One module (or two: measurements, then the printout) per suite:
   cpu_op_profile               XLA:CPU time per kind of op (experiments/profile_cpu_ops.py)
   remat_live_buffers           buffers live at remat ProsPr's memory peak
                                (experiments/remat_memory_report.py)
+  time_to_mask                 ProsPr's compile and run time per inner-loop form (unrolled or
+                               scan) and k (experiments/time_to_mask_benchmark.py)
 
 The authors' PyTorch code is timed by experiments/reference_benchmark.py, which is not part of
 this package: it runs under a Python with torch and without jax, and importing any module of

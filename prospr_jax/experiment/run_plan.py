@@ -79,9 +79,10 @@ class RunPlan:
 
 
 TOP_LEVEL_FIELDS = ("seed", "distributed", "dataset", "data_dir", "augment", "model", "prune",
-                    "train", "sweep_arm")
-"""The fields of a run's config (its sections: `distributed`, `prune`, `train`; `sweep_arm`:
-the arm a grid sweep's run belongs to, see `grid_sweep.point_config`)."""
+                    "train", "compile_cache_dir", "sweep_arm")
+"""The fields of a run's config (its sections: `distributed`, `prune`, `train`;
+`compile_cache_dir`: see `compile_cache`; `sweep_arm`: the arm a grid sweep's run belongs to,
+see `grid_sweep.point_config`)."""
 TRAIN_FIELDS = (
     "num_epochs", "batch_size", "eval_batch_size", "learning_rate", "lr_schedule",
     "lr_decay_fractions", "momentum", "weight_decay", "steps_per_epoch", "log_every_steps",

@@ -4,11 +4,17 @@ With a multiplicative mask `c` on the params, `θ0 = c ⊙ θinit`; `k` optax up
 `D0..D(k-1)` give `θk(c)`; the saliency is `|∂L(θk(c); Dk) / ∂c|` at `c = 1`. All params
 (biases, BatchNorm affine) are updated by the inner optimizer; model state (BatchNorm
 statistics) is threaded through the inner steps and discarded.
+
+The inner steps run as a `lax.scan` over the stacked inner batches (`unroll=n` unrolls `n`
+steps per scan iteration), or, with `unroll=True`, as a Python loop unrolled at trace time,
+whose program and compile time grow linearly in `k`. `default_unroll` picks by platform from
+measurements (experiments/time_to_mask_benchmark.py).
 """
 
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +27,24 @@ from prospr_jax.saliency import objective
 from prospr_jax.tree_types import PyTree, StatefulLossFn
 
 DEFAULT_INNER_OPTIMIZER = optax.sgd(0.1)
-"""The inner optimizer of the authors' code: plain SGD, learning rate 0.1."""
+"""The inner optimizer of the authors' code: plain SGD, learning rate 0.1.
+
+`meta_gradient` compiles once per optimizer *object* (an optax transformation is a tuple of
+closures, so two `optax.sgd(0.1)` are not equal): reuse one optimizer object across calls to
+reuse the compiled program."""
+
+Unroll = bool | int
+"""How the inner steps are traced: True for a Python loop unrolled at trace time, an int
+`n >= 1` for a `lax.scan` that unrolls `n` steps per iteration."""
+
+CPU_UNROLLED_MAX_STEPS = 3
+"""On CPU, `default_unroll` unrolls the inner loop fully up to this many inner steps and scans
+above. Measured with experiments/time_to_mask_benchmark.py on SmallConvNet at batch 128 on a
+shared 2-core CPU (noisy): compile time unrolled / scan 23 / 27 s at k = 1, 27 / 47 s at
+k = 3, 93 / 50 s at k = 10, 118 / 26 s at k = 30, run times within 10-30% of each other (1 to 3
+s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10. It depends on
+the model: on ResNet-20 (batch 128) at k = 3 the scan was already ahead (compile 12 / 10 s, run
+3.8 / 4.2 s); a quiet full run of the benchmark should settle this threshold."""
 
 
 def _inner_step(
@@ -54,7 +77,7 @@ def fusion_barrier(tree: PyTree, zero: jax.Array) -> PyTree:
   What `lax.optimization_barrier` means, but XLA:CPU removes that before fusion. Without a
   barrier, XLA:CPU fused the chain of cotangent sums across remat steps into one sum at the end,
   which kept every step's terms live: two params-sized buffers per inner step of ProsPr with
-  SGD on SmallConvNet (docs/results.md §2). So on CPU the barrier is a conditional on
+  SGD on SmallConvNet (docs/benchmarks.md). So on CPU the barrier is a conditional on
   `zero == 0`, whose predicate is always true but unknown to the compiler (`zero`: an exact 0.0
   computed from the data); its other branch, never taken, gives zeros. Elsewhere it is
   `lax.optimization_barrier`. Only floating leaves pass through the barrier; the others
@@ -80,7 +103,7 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
   incoming cotangent, so XLA can neither hoist it into the forward pass nor merge it with the
   original computation. XLA:CPU removes `jax.checkpoint`'s optimization barriers early and then
   deduplicates the recomputation away, so `jax.checkpoint` saved no memory there (measured:
-  1.9 GB at k = 30 either way; 107 MB with this, see docs/results.md). The reverse pass returns
+  1.9 GB at k = 30 either way; 107 MB with this, see docs/benchmarks.md). The reverse pass returns
   its cotangents through `fusion_barrier`, so that XLA cannot fuse the sums of the cotangents of
   a chain of such steps into one sum that keeps every step's terms live.
   """
@@ -113,6 +136,7 @@ def k_step_loss(
     optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
     first_order: bool = False,
     remat: bool = False,
+    unroll: Unroll | None = None,
 ) -> jax.Array:
   """`L(θk(c); D_k)`: the loss after `k = len(batches) - 1` optax steps from `c ⊙ params`.
 
@@ -127,34 +151,75 @@ def k_step_loss(
     remat: recompute each inner step in the backward pass (`remat_after_cotangent`), so it
       stores only each step's params, optimizer state and batch, not its activations: memory
       stays nearly flat in `k` for about 5% more time. Reverse mode only.
-
-  The Python loop is unrolled at trace time (k is static): a rolled `lax.scan` around
-  convolutions is about 10x slower on XLA:CPU.
+    unroll: True: the inner steps as a Python loop unrolled at trace time (program size and
+      compile time linear in `k`); an int `n >= 1`: a `lax.scan` over the stacked inner
+      batches unrolling `n` steps per iteration; None: `default_unroll(k)`. The value is the
+      same up to float rounding.
   """
+  num_steps = len(batches) - 1
+  unroll = check_unroll(default_unroll(num_steps) if unroll is None else unroll)
   step = functools.partial(_inner_step, loss_fn, optimizer, first_order)
   if remat:
     step = remat_after_cotangent(step)
   theta = objective.masked(params, c)
-  opt_state = optimizer.init(theta)
-  for batch in batches[:-1]:
-    theta, opt_state, state = step(theta, opt_state, state, batch)
+  carry = (theta, optimizer.init(theta), state)
+  if unroll is True:
+    for batch in batches[:-1]:
+      carry = step(*carry, batch)
+  elif num_steps > 0:
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches[:-1])
+    carry, _ = jax.lax.scan(lambda carry, batch: (step(*carry, batch), None), carry, stacked,
+                            unroll=unroll)
+  theta, _, state = carry
   return loss_fn(theta, state, batches[-1])[0]
 
 
 meta_gradient = jax.jit(
-    jax.grad(k_step_loss), static_argnames=("loss_fn", "optimizer", "first_order", "remat")
+    jax.grad(k_step_loss),
+    static_argnames=("loss_fn", "optimizer", "first_order", "remat", "unroll"),
 )
 """Jitted `∂ k_step_loss / ∂c` (signed, shaped like `c`); same arguments as `k_step_loss`.
 
-Compiles once per static setup (`loss_fn`, `optimizer`, `first_order`, `remat`, number of
-batches, shapes)."""
+Compiles once per static setup (`loss_fn`, `optimizer`, `first_order`, `remat`, `unroll`,
+number of batches, shapes). Static arguments are compared by equality: an equal `loss_fn`
+(e.g. a new `LinenLoss` of an equal model) reuses the program, a new optimizer object does
+not (see `DEFAULT_INNER_OPTIMIZER`)."""
+
+
+def default_unroll(num_steps: int) -> Unroll:
+  """The inner loop's form for `num_steps` inner steps on `jax.default_backend()`: on CPU,
+  fully unrolled (True) up to `CPU_UNROLLED_MAX_STEPS` steps and a scan (1) above; on GPU and
+  TPU always a scan (1), whose compile time does not grow with `num_steps`."""
+  if jax.default_backend() == "cpu" and num_steps <= CPU_UNROLLED_MAX_STEPS:
+    return True
+  return 1
+
+
+def check_unroll(unroll: Unroll) -> Unroll:
+  """`unroll` if it is True or an int >= 1; TypeError or ValueError otherwise."""
+  if unroll is True:
+    return unroll
+  if isinstance(unroll, bool) or not isinstance(unroll, numbers.Integral):
+    raise TypeError(f"unroll must be True (a Python loop) or an int >= 1 (steps per scan "
+                    f"iteration), not {unroll!r}.")
+  if unroll < 1:
+    raise ValueError(f"unroll={unroll} must be >= 1 (or True for a Python loop).")
+  return int(unroll)
+
+
+def check_num_steps(num_steps: int) -> int:
+  """`num_steps` if it is an int >= 0 (not a bool); TypeError or ValueError otherwise."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+    raise TypeError(f"num_steps must be an int >= 0, not {num_steps!r}.")
+  if num_steps < 0:
+    raise ValueError(f"num_steps={num_steps} must be >= 0.")
+  return int(num_steps)
 
 
 def step_batches(batches: PyTree | Sequence[PyTree], num_steps: int) -> list[PyTree]:
   """The `num_steps + 1` batches of the inner steps and the outer loss: the given ones, or a
   single given batch reused for every step."""
-  if num_steps < 0:
-    raise ValueError(f"num_steps={num_steps} must be >= 0.")
+  num_steps = check_num_steps(num_steps)
   batches = objective.as_batch_list(batches)
   if len(batches) == 1:
     return batches * (num_steps + 1)
@@ -176,6 +241,7 @@ def prospr_scores(
     optimizer: optax.GradientTransformation = DEFAULT_INNER_OPTIMIZER,
     first_order: bool = False,
     remat: bool = False,
+    unroll: Unroll | None = None,
 ) -> PyTree:
   """ProsPr saliency `|∂L(θk(c); Dk)/∂c|` at `c = 1`, a pytree like `params`.
 
@@ -190,15 +256,17 @@ def prospr_scores(
     optimizer: the inner optax optimizer (default SGD with learning rate 0.1).
     first_order: treat the inner updates as constants (first-order ProsPr).
     remat: checkpoint each inner step to bound memory as `k` grows.
+    unroll: the inner loop's form (see `k_step_loss`); None: `default_unroll(num_steps)`.
 
   Returns:
     Non-negative scores with the structure and shapes of `params`. (Channel scores: see
     `prospr_jax.structured`.)
   """
   batches = step_batches(batches, num_steps)
+  unroll = check_unroll(default_unroll(num_steps) if unroll is None else unroll)
   loss_fn, state = objective.with_state(loss_fn, state)
   grads = meta_gradient(
       masks_lib.ones_masks(params), params, state, batches, loss_fn=loss_fn, optimizer=optimizer,
-      first_order=first_order, remat=remat,
+      first_order=first_order, remat=remat, unroll=unroll,
   )
   return jax.tree.map(abs, grads)

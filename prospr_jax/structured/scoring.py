@@ -106,12 +106,14 @@ def prospr_channel_scores(
     num_steps: int = 3,
     optimizer: optax.GradientTransformation = prospr.DEFAULT_INNER_OPTIMIZER,
     remat: bool = False,
+    unroll: prospr.Unroll | None = None,
 ) -> Scores:
-  """`|Σ_members ∂L(θk(c); Dk)/∂c_member|` through `num_steps` inner optimizer steps."""
+  """`|Σ_members ∂L(θk(c); Dk)/∂c_member|` through `num_steps` inner optimizer steps (`unroll`:
+  the inner loop's form, see `prospr.k_step_loss`)."""
   grads = prospr.meta_gradient(
       gate_tree(inputs.params, inputs.groups), inputs.params, inputs.state,
       prospr.step_batches(inputs.batches, num_steps), loss_fn=inputs.loss_fn, optimizer=optimizer,
-      first_order=first_order, remat=remat,
+      first_order=first_order, remat=remat, unroll=unroll,
   )
   return _abs(sum_members(inputs.groups, flat_leaves(grads)))
 

@@ -1,0 +1,98 @@
+"""Time to a mask: full ProsPr's compile time and run time for each form of its inner loop.
+
+`run_time_to_mask` compiles full ProsPr (`prospr_scores` jitted, the library's default inner
+SGD) for every k in `ks` and every `unroll` in `unrolls` (True: the Python loop unrolled at
+trace time; n: a `lax.scan` unrolling n steps per iteration), and records the compile time
+(tracing, lowering and XLA compilation), the interleaved median run time of the unroll forms of
+each k (`timing.interleaved_median_ms`) and, optionally, the compiled peak memory of the same
+program with `remat=True`. A pruning run compiles once and runs once, so its time to a mask is
+compile + run; with a warm persistent compilation cache it is the run alone. What
+`prospr.default_unroll` picks per platform comes from this suite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from prospr_jax.benchmark import result_record, timing
+from prospr_jax.benchmark.synthetic_setup import Setup
+from prospr_jax.saliency import prospr
+from prospr_jax.tree_types import PyTree
+
+KS = (1, 3, 10, 30)
+"""Inner steps measured by default."""
+UNROLLS: tuple[prospr.Unroll, ...] = (True, 1, 2)
+"""Inner-loop forms measured by default: unrolled, a scan, a scan unrolling 2 steps."""
+
+
+def prospr_fn(setup: Setup, k: int, unroll: prospr.Unroll, remat: bool
+              ) -> Callable[[PyTree, PyTree, list[PyTree]], PyTree]:
+  """Jitted `(params, state, batches) -> prospr_scores` with `k` inner steps in form
+  `unroll`."""
+  return jax.jit(lambda params, state, batches: prospr.prospr_scores(
+      setup.loss_fn, params, batches, state=state, num_steps=k, remat=remat, unroll=unroll))
+
+
+def _warm_up(setup: Setup) -> None:
+  """Compiles and runs the loss once, so that one-time costs (backend start, first tracing of
+  the model) are not charged to the first measured program."""
+  loss = jax.jit(lambda params, state, batch: setup.loss_fn(params, state, batch)[0])
+  jax.block_until_ready(loss(setup.params, setup.state, setup.batches[0]))
+
+
+def measure_k(setup: Setup, k: int, unrolls: Sequence[prospr.Unroll], repeats: int,
+              remat_memory: bool) -> list[dict[str, Any]]:
+  """One row per unroll form at `k` inner steps: {'k', 'unroll', 'compile_s', 'run_ms'} and,
+  with `remat_memory`, 'remat_peak_mib' (compiled peak of the remat program, MiB)."""
+  args = (setup.params, setup.state, setup.batches[: k + 1])
+  # Keyed by position: True == 1 as a dict key.
+  compiled = {i: timing.compile_call(prospr_fn(setup, k, u, remat=False), *args)
+              for i, u in enumerate(unrolls)}
+  run_ms = timing.interleaved_median_ms(compiled, repeats)
+  rows = []
+  for i, unroll in enumerate(unrolls):
+    row = {"k": k, "unroll": unroll, "compile_s": compiled[i].compile_s, "run_ms": run_ms[i]}
+    if remat_memory:
+      remat = timing.compile_call(prospr_fn(setup, k, unroll, remat=True), *args)
+      row["remat_peak_mib"] = timing.memory_stats(remat.executable)["peak"] / timing.BYTES_PER_MIB
+    rows.append(row)
+  return rows
+
+
+def run_time_to_mask(setup: Setup, config: dict[str, Any], ks: Sequence[int] = KS,
+                     unrolls: Sequence[prospr.Unroll] = UNROLLS, repeats: int = 5,
+                     remat_memory: bool = True) -> dict[str, Any]:
+  """A 'time_to_mask' `result_record` (`config` describes `setup`, which needs max(ks) + 1
+  batches) whose 'rows' hold `measure_k`'s rows for every k in `ks`, in order."""
+  if len(setup.batches) < max(ks) + 1:
+    raise ValueError(f"k = {max(ks)} needs {max(ks) + 1} batches; the setup has "
+                     f"{len(setup.batches)}.")
+  for unroll in unrolls:
+    prospr.check_unroll(unroll)
+  _warm_up(setup)
+  rows = [row for k in ks for row in measure_k(setup, k, unrolls, repeats, remat_memory)]
+  return result_record.new_record(
+      "time_to_mask", config | {"ks": list(ks), "unrolls": list(unrolls), "repeats": repeats},
+      rows=rows)
+
+
+def format_time_to_mask(record: dict[str, Any]) -> str:
+  """A table of a `run_time_to_mask` record: one line per (k, unroll), then per k the form
+  with the shortest cold time to a mask (compile + one run)."""
+  cfg = record["config"]
+  lines = [f"{cfg['model']}, batch {cfg['batch_size']}, {record['device']['device_kind']}: "
+           "full ProsPr (compile = trace + lower + XLA; run = median of "
+           f"{cfg['repeats']})"]
+  for row in record["rows"]:
+    memory = (f", remat peak {row['remat_peak_mib']:8.1f} MiB"
+              if "remat_peak_mib" in row else "")
+    lines.append(f"  k={row['k']:3d} unroll={str(row['unroll']):5s}: compile "
+                 f"{row['compile_s']:7.2f} s, run {row['run_ms']:9.2f} ms{memory}")
+  for k in cfg["ks"]:
+    at_k = [row for row in record["rows"] if row["k"] == k]
+    best = min(at_k, key=lambda row: row["compile_s"] + row["run_ms"] / 1e3)
+    lines.append(f"  k={k:3d}: shortest cold time to a mask with unroll={best['unroll']}")
+  return "\n".join(lines)
