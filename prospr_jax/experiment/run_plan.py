@@ -9,7 +9,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from prospr_jax import models
-from prospr_jax.experiment import data as data_lib
+from prospr_jax.experiment.data import DatasetInfo, device_data
 from prospr_jax.experiment import distributed, prune_config
 from prospr_jax.experiment.train_step import TrainHyperparams
 
@@ -24,7 +24,7 @@ class DataPlan:
     augment: whether training batches are augmented.
   """
 
-  info: data_lib.DatasetInfo
+  info: DatasetInfo
   data_dir: str | None
   augment: bool
 
@@ -93,7 +93,7 @@ def plan_run(config: ml_collections.ConfigDict, mesh: Mesh) -> RunPlan:
     batch_sizes.append(prune.batch_size)
   for batch_size in batch_sizes:
     distributed.check_batch_size(batch_size, mesh)
-  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  info = device_data.dataset_info(config.dataset, config.data_dir)
   steps_per_epoch = info.num_train // tc.batch_size
   if tc.steps_per_epoch > 0:
     steps_per_epoch = min(steps_per_epoch, tc.steps_per_epoch)
