@@ -36,11 +36,13 @@ class RunData(Protocol):
 class DeviceRunData:
   """`RunData` of an in-memory set, replicated on every device of the mesh."""
 
-  def __init__(self, plan: run_plan.RunPlan, mesh: Mesh):
+  def __init__(self, plan: run_plan.RunPlan, mesh: Mesh,
+               data: device_data.DeviceData | None = None):
+    """`data`: the set already replicated on `mesh` (None: copied there now)."""
     self._plan, self._mesh = plan, mesh
-    self._data = device_data.put_data(plan.data.info.name, plan.data.data_dir,
-                                      plan.train.eval_batch_size,
-                                      NamedSharding(mesh, PartitionSpec()))
+    self._data = data or device_data.put_data(plan.data.info.name, plan.data.data_dir,
+                                              plan.train.eval_batch_size,
+                                              NamedSharding(mesh, PartitionSpec()))
 
   def _batches(self, batching: Batching, seed: int, first_step: int) -> Iterator[PyTree]:
     return device_data.train_batches(self._data.train, batching, seed, self._mesh,

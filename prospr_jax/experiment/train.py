@@ -41,7 +41,7 @@ DENSE = prune_config.DENSE
 _log = logging.getLogger(__name__)
 
 
-def _report(msg: str, *args: Any) -> None:
+def report(msg: str, *args: Any) -> None:
   """Logs `msg % args` at INFO on process 0 only (one line per run, not per process)."""
   if jax.process_index() == 0:
     _log.info(msg, *args)
@@ -138,7 +138,7 @@ _LAUNCH_FIELDS = ("distributed",)
 another topology)."""
 
 
-def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes `config.json` to `workdir` (process 0), refusing a workdir of another run's config."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -272,14 +272,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   plan, mesh = _set_up(config, workdir)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(plan.seed))
-  variables, train_variables = _initial_variables(plan, init_key, mesh)
+  variables, train_variables = initial_variables(plan, init_key, mesh)
   schedule = learning_rate_schedule(plan.train.hyperparams, plan.train.steps_per_epoch)
   manager = checkpoint_manager(workdir)
   data = run_data.run_data(plan, mesh)
   state, meta = _prune_or_resume(plan, variables, train_variables, prune_key, schedule, manager,
                                  workdir, mesh, data)
   density = masks_lib.density_summary(state.masks, state.params, plan.prune.filter_fn)
-  _report("pruned with %s in %s: %.2f%% of the prunable weights kept", plan.prune.method,
+  report("pruned with %s in %s: %.2f%% of the prunable weights kept", plan.prune.method,
           progress.format_duration(meta["prune_seconds"]), 100 * density["density/total"])
   writer = (ScalarWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
@@ -296,14 +296,14 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.R
   distributed.initialize_distributed(config.distributed)
   mesh = distributed.data_mesh()
   plan = run_plan.plan_run(config, mesh)
-  _claim_workdir(config, workdir)
+  claim_workdir(config, workdir)
   info = plan.data.info
-  _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
+  report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
           info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
   return plan, mesh
 
 
-def _initial_variables(
+def initial_variables(
     plan: run_plan.RunPlan, init_key: jax.Array, mesh: Mesh
 ) -> tuple[PyTree, PyTree]:
   """The variables pruning scores (from `init_key`) and those training starts from, replicated
@@ -328,18 +328,18 @@ def _prune_or_resume(
     data: run_data.RunData,
 ) -> tuple[TrainState, dict[str, Any]]:
   """The train state to train from, on `mesh`, and the run's metadata: a new run prunes
-  (`_prune_and_start`, scoring on `data`'s pruning batches), one with a checkpoint resumes
+  (`prune_and_start`, scoring on `data`'s pruning batches), one with a checkpoint resumes
   from its latest."""
   if manager.latest_step() is None:
-    return _prune_and_start(plan, variables, train_variables, prune_key, schedule, workdir,
+    return prune_and_start(plan, variables, train_variables, prune_key, schedule, workdir,
                             mesh, data)
   state, meta = _restore_latest(plan.train.hyperparams, plan.model, train_variables, schedule,
                                 workdir, manager, mesh)
-  _report("Resumed from the checkpoint at step %d.", int(state.step))
+  report("Resumed from the checkpoint at step %d.", int(state.step))
   return state, meta
 
 
-def _prune_and_start(
+def prune_and_start(
     plan: run_plan.RunPlan,
     variables: PyTree,
     train_variables: PyTree,
@@ -351,7 +351,7 @@ def _prune_and_start(
 ) -> tuple[TrainState, dict[str, Any]]:
   """Finds the masks (`find_masks`; process 0 saves them to `masks.npz`) and returns the
   initial train state on `mesh` and the run's metadata (what pruning recorded, no history)."""
-  _report("pruning with %s ...", plan.prune.method)
+  report("pruning with %s ...", plan.prune.method)
   masks, meta = find_masks(plan.prune, plan.model, variables, plan.data.info.image_shape, key,
                            data.pruning_batches)
   meta |= start_meta()
@@ -393,7 +393,7 @@ def _train(
     pending.append(m)
     if step % tp.log_every_steps == 0:
       line, rate = meter.line(step, float(m["loss"]))
-      _report("%s", line)
+      report("%s", line)
       _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
                                       "learning_rate": float(schedule(step))})
     end_of_epoch = step % tp.steps_per_epoch == 0
@@ -405,7 +405,7 @@ def _train(
     pending = []
     if diverged_at is not None:
       meta["diverged"] = {"step": diverged_at}
-      _report("DIVERGED: the training loss of step %d is not finite; the run stops there.",
+      report("DIVERGED: the training loss of step %d is not finite; the run stops there.",
               diverged_at)
       break
     if end_of_epoch:
@@ -431,7 +431,7 @@ def _report_epoch(record: dict[str, float], num_epochs: int) -> None:
   line = f"epoch {record['epoch']}/{num_epochs} done: train loss {record['train_loss']:.4f}"
   if "test_top1" in record:
     line += f", test top-1 {100 * record['test_top1']:.2f}%"
-  _report("%s", line)
+  report("%s", line)
 
 
 def results_dict(
