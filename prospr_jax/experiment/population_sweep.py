@@ -213,7 +213,7 @@ def _train(plan: run_plan.RunPlan, pop: population.Population, metas: list[dict[
   tp = plan.train
   batching = device_batches.Batching(tp.batch_size, tp.steps_per_epoch, plan.data.augment)
   step_fn = population.make_train_step(batching, formulation)
-  evaluate = population.make_evaluate(formulation)
+  evaluate_sums = population.make_evaluate_sums(formulation)
   first_step = int(np.asarray(pop.train.step).max())
   start, pending = time.perf_counter(), []
   for step in range(first_step + 1, tp.total_steps + 1):
@@ -227,13 +227,14 @@ def _train(plan: run_plan.RunPlan, pop: population.Population, metas: list[dict[
     pending = []
     if end_of_epoch:
       epoch = step // tp.steps_per_epoch
-      test = (jax.device_get(evaluate(pop, data.test))
+      test = (jax.device_get(evaluate_sums(pop, data.test))
               if epoch % tp.eval_every_epochs == 0 or epoch == tp.num_epochs else None)
       for i, meta in enumerate(metas):
         if meta["diverged"] is None:
           record = epoch_metrics.epoch_record(epoch, meta["epoch_sums"])
           if test is not None:
-            record |= {f"test_{k}": float(v[i]) for k, v in test.items()}
+            count = float(test["count"][i])  # means as a single run computes them
+            record |= {f"test_{k}": float(test[k][i]) / count for k in ("loss", "top1", "top5")}
           meta["history"].append(record)
         meta["epoch_sums"] = epoch_metrics.empty_sums()
       train.report("population epoch %d/%d done: %d of %d members live", epoch,
