@@ -1,15 +1,15 @@
 """Train several sweep runs as one population: `train_population(configs, workdirs, pop_dir)`.
 
 The runs of a sweep that differ only in their pruning (method, sparsity, allocation, sanity
-check) and seed (`grid_sweep.MEMBER_FIELDS`) share the model, data, optimizer and schedule: they are
-trained together by one jitted step (`prospr_jax.experiment.population`). Each member is pruned
-by its own method exactly as a single run is (`train.prune_and_start`: same initialization,
-pruning batches and `masks.npz`), trains on the batches a single run with its seed gets
+check) and seed (`grid_sweep.MEMBER_FIELDS`) share the model, data, optimizer and schedule:
+they are trained together by one jitted step (`prospr_jax.experiment.population`). Each
+member is pruned by its own method exactly as a single run is (`train.prune_and_start`: same
+initialization, pruning batches and `masks.npz`), trains on the batches a single run with its seed gets
 (`data.device_batches`), and writes the `results.json` a single run writes
 (`train.results_dict`: config, accuracy, density, connectivity, history, provenance), so
-collections and reports read members and single runs alike. A member's accuracies equal its
-single run's; its params agree to float32 rounding (XLA fuses the population's program
-differently).
+collections and reports read members and single runs alike. A member's params agree with its
+single run's to float32 rounding (XLA fuses the population's program differently), so its
+accuracies are its single run's (in `tests/test_population_sweep.py`, exactly).
 
 The population checkpoints itself (orbax, `<pop_dir>/checkpoints`: every member's state, data
 order and divergence flags, and their metadata) every `train.checkpoint_every_steps` steps and
@@ -26,7 +26,6 @@ No TensorBoard summaries are written for members.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -170,7 +169,8 @@ def _prune_or_resume(members: Sequence[_Member], schedule, manager: ocp.Checkpoi
           member.workdir, mesh, run_data.DeviceRunData(member.plan, mesh, data))
       states.append(state)
       metas.append(meta)
-    return population.create_population(states, seeds, num_train), metas
+    return distributed.replicate(population.create_population(states, seeds, num_train),
+                                 mesh), metas
   templates = [_template(m, schedule) for m in members]
   like = distributed.replicate(population.create_population(templates, seeds, num_train), mesh)
   pop, metas = _restore(manager, like)
