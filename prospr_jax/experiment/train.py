@@ -336,7 +336,7 @@ def _prune_or_resume(
   state, meta = _restore_latest(plan.train.hyperparams, plan.model, train_variables, schedule,
                                 workdir, manager, mesh)
   report("Resumed from the checkpoint at step %d.", int(state.step))
-  return state, meta
+  return state, start_meta() | meta  # checkpoints of older versions lack the newer fields
 
 
 def prune_and_start(
