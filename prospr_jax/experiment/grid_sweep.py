@@ -355,9 +355,7 @@ def run_sweep(
     logging.info("done %s: final test top-1 %s in %.1f s.", point,
                  _format_accuracy(results), time.perf_counter() - start)
   write_collection(root)
-  if summary.remaining:
-    logging.info("Stopped at max_runs=%d: %d runs left for the next invocation.", max_runs,
-                 len(summary.remaining))
+  _log_remaining(summary, max_runs)
   return summary
 
 
@@ -406,7 +404,15 @@ def _run_populations(config: ml_collections.ConfigDict, root: str, points: Itera
       logging.info("done %s: final test top-1 %s.", point, _format_accuracy(result))
     logging.info("population of %d done in %.1f s.", len(group), time.perf_counter() - start)
   write_collection(root)
+  _log_remaining(summary, max_runs)
   return summary
+
+
+def _log_remaining(summary: SweepSummary, max_runs: int) -> None:
+  """Says how many points `max_runs` left for the next invocation, if any."""
+  if summary.remaining:
+    logging.info("Stopped at max_runs=%d: %d runs left for the next invocation.", max_runs,
+                 len(summary.remaining))
 
 
 def _format_accuracy(results: Any) -> str:
