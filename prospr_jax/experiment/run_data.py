@@ -54,7 +54,7 @@ class DeviceRunData:
     return self._batches(batching, self._plan.seed, first_step)
 
   def eval_batches(self) -> Iterator[PyTree]:
-    return device_data.eval_batches(self._data.test, self._mesh, distributed.DATA_AXIS)
+    return device_data.eval_batches(self._data.test, self._mesh)
 
   def pruning_batches(self) -> list[PyTree] | None:
     prune = self._plan.prune

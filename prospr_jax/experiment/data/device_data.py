@@ -97,9 +97,10 @@ def _batch_fn(batching: Batching, mesh: Mesh, batch_axis: str) -> Callable:
 
 
 @functools.cache
-def _eval_batch_fn(mesh: Mesh, batch_axis: str) -> Callable:
-  """Jitted `device_batches.eval_batch`, the batch split over `batch_axis`."""
-  return jax.jit(device_batches.eval_batch, out_shardings=_shardings(mesh, batch_axis)[1])
+def _eval_batch_fn(mesh: Mesh) -> Callable:
+  """Jitted `device_batches.eval_batch`, the batch replicated on every device of `mesh`."""
+  return jax.jit(device_batches.eval_batch,
+                 out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def train_batches(split: DeviceSplit, batching: Batching, seed: int, mesh: Mesh,
@@ -116,7 +117,11 @@ def train_batches(split: DeviceSplit, batching: Batching, seed: int, mesh: Mesh,
     yield batch
 
 
-def eval_batches(eval_set: DeviceEvalSet, mesh: Mesh, batch_axis: str) -> Iterator[PyTree]:
-  """Every batch of `eval_set` (with its 'mask'), rows split over `batch_axis` of `mesh`."""
-  fn = _eval_batch_fn(mesh, batch_axis)
+def eval_batches(eval_set: DeviceEvalSet, mesh: Mesh) -> Iterator[PyTree]:
+  """Every batch of `eval_set` (with its 'mask'), replicated on every device of `mesh`.
+
+  Each device evaluates whole batches (redundant on several devices, but without collectives:
+  in two-process CPU runs, sharded evaluation batches deadlocked in an XLA all-gather).
+  """
+  fn = _eval_batch_fn(mesh)
   return (fn(eval_set, index) for index in range(eval_set.num_batches))
