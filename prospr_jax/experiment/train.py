@@ -423,11 +423,6 @@ def _train(
     meta["train_seconds"] += time.perf_counter() - start
     start = time.perf_counter()
     save_checkpoint(manager, state, meta)
-    if jax.process_count() > 1:
-      # Orbax finishes a save in a background thread with a cross-process collective
-      # (`sync_global_devices`); running the next step's collectives meanwhile can order them
-      # differently on different processes and deadlock, so multi-process runs wait for it.
-      manager.wait_until_finished()
   manager.wait_until_finished()
 
 
