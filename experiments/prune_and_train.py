@@ -3,7 +3,8 @@ r"""Prune a network at initialization, train it, print its test accuracy.
   python experiments/prune_and_train.py --config=configs/default.py --workdir=/tmp/prospr \
       --config.prune.method=snip --config.prune.sparsity=0.95
 
-Prints a progress line every `config.train.log_every_steps` steps and a summary at the end;
+Prints a progress line every `config.train.log_every_steps` steps and a summary at the end
+(exits with status 1 and a message if the training loss became NaN or inf);
 the INFO logs of JAX, orbax and tfds are hidden unless `--verbosity=0` (or higher).
 """
 
@@ -39,6 +40,10 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   progress.show_on(sys.stderr)
   results = train.train_and_evaluate(config, _WORKDIR.value)
+  if results["diverged"]:
+    raise SystemExit(f"Training diverged: the loss of step {results['diverged']['step']} is not "
+                     f"finite (NaN or inf); {_WORKDIR.value}/results.json records the epochs "
+                     "before it. Try a lower --config.train.learning_rate.")
   if jax.process_index() == 0:
     print(progress.summary(results, _WORKDIR.value))
 

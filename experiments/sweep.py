@@ -7,6 +7,11 @@ Each run trains in `<workdir>/<method>/s<sparsity>/seed<seed>` (`<workdir>/dense
 runs whose results.json exists are skipped, so invoking the same command again resumes the
 sweep (`--max_runs` runs it in chunks). After each run `<workdir>/all_results.{json,csv}` are
 rewritten; `experiments/report.py` makes the table and plots from `all_results.json`.
+
+`--population_size=P` trains the runs that differ only in method, sparsity, allocation, sanity
+check and seed together, P at a time, in one program each (`population_sweep`; in-memory data
+sets, one process); 0 (the default) picks P for the platform (8 on CPU, 32 on GPU/TPU), 1
+trains every run alone. Members write the same results as single runs.
 """
 
 import pathlib
@@ -17,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import compile_cache, grid_sweep
+from prospr_jax.experiment import compile_cache, grid_sweep, population_sweep
 from prospr_jax.saliency import registry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
@@ -31,6 +36,10 @@ _SEEDS = flags.DEFINE_string(
 _INCLUDE_DENSE = flags.DEFINE_bool("include_dense", True, "Add one dense run per seed.")
 _MAX_RUNS = flags.DEFINE_integer(
     "max_runs", -1, "Stop after this many new runs (-1: no limit); rerun to continue.")
+_POPULATION_SIZE = flags.DEFINE_integer(
+    "population_size", 0,
+    "Most runs trained together as one population; 1: one at a time; 0: the platform's default "
+    "(population_sweep.default_population_size).")
 config_flags.DEFINE_config_file("config", "configs/default.py", "Base experiment configuration.")
 flags.mark_flags_as_required(["workdir"])
 
@@ -46,7 +55,17 @@ def main(argv):
       grid_sweep.parse_list(_SEEDS.value, int),
       include_dense=_INCLUDE_DENSE.value,
   )
-  summary = grid_sweep.run_sweep(flags.FLAGS.config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value)
+  config = flags.FLAGS.config
+  population_size = _POPULATION_SIZE.value or population_sweep.default_population_size()
+  if population_size < 1:
+    raise app.UsageError(f"--population_size={population_size} must be at least 0.")
+  if population_size > 1:
+    try:
+      population_sweep.check_population_config(config)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+  summary = grid_sweep.run_sweep(config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value,
+                                 population_size=population_size)
   logging.info("Sweep of %d runs: %d run now, %d already done, %d failed, %d left. Results: %s",
                len(points), len(summary.ran), len(summary.skipped), len(summary.failed),
                len(summary.remaining), f"{_WORKDIR.value}/{grid_sweep.COLLECTION_JSON}")

@@ -78,7 +78,7 @@ def test_a_field_of_the_wrong_type_is_named(tmp_path, fashion_mnist_data_dir):
 def test_another_runs_workdir_is_refused_naming_the_leaf_fields_and_both_values(
     tmp_path, fashion_mnist_data_dir):
   workdir = str(tmp_path / "run")
-  train._claim_workdir(_config(fashion_mnist_data_dir, **{"train.num_epochs": 3}), workdir)
+  train.claim_workdir(_config(fashion_mnist_data_dir, **{"train.num_epochs": 3}), workdir)
   other = _config(fashion_mnist_data_dir, **{"train.num_epochs": 5, "prune.sparsity": 0.5})
   with pytest.raises(ValueError, match=r"different config: prune.sparsity: 0.9 \(workdir\) vs "
                                        r"0.5 \(this run\); train.num_epochs: 3 \(workdir\) vs 5 "

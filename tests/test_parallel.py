@@ -112,6 +112,10 @@ def test_run_killed_mid_training_resumes_to_the_same_params(tmp_path, fashion_mn
   for a, b in zip(jax.tree.leaves(_final_params(reference)),
                   jax.tree.leaves(_final_params(killed))):
     np.testing.assert_array_equal(a, b)
+  # The resumed epoch's train loss averages all its steps, those before the kill included.
+  histories = [json.loads((run / "results.json").read_text())["history"]
+               for run in (reference, killed)]
+  assert histories[0] == histories[1]
 
 
 def test_cluster_fields_without_enabled_are_refused():

@@ -325,3 +325,29 @@ def test_report_sections_for_a_study(tmp_path):
   assert "| prospr+shuffle | 80.00 ± 0.00 |" in text
   assert "| prospr − prospr+shuffle | +5.00 [+5.00, +5.00] |" in text
   assert "| prospr | 2.5 | 2.0 | 3.0 | 2 |" in text
+
+
+def test_population_sweep_in_chunks_and_a_failing_population(tmp_path):
+  """Populations of at most 3 of a 10-point grid: max_runs cuts a population short (its rest is
+  left for later); a population that fails fails all its points; finished points are skipped."""
+  root, fake = str(tmp_path), FakeRun()
+  populations = []
+
+  def population_fn(configs, workdirs, population_dir):
+    populations.append(len(configs))
+    if any(c.prune.method == "magnitude" and c.seed == 1 for c in configs):
+      raise RuntimeError("a broken population")
+    return [fake(c, w) for c, w in zip(configs, workdirs)]
+
+  first = grid_sweep.run_sweep(small_config(), root, GRID, max_runs=4, population_size=3,
+                               population_fn=population_fn)
+  assert populations == [3, 1] and len(first.ran) == 4 and len(first.remaining) == 6
+  rest = grid_sweep.run_sweep(small_config(), root, GRID, population_size=3,
+                              population_fn=population_fn)
+  # The 6 left regroup as [magnitude 0.99 seed 0, dense seed 1, snip 0.9 seed 1] and the 3
+  # other seed-1 points, which hold the broken member.
+  assert len(rest.skipped) == 4 and populations[2:] == [3, 3]
+  point = grid_sweep.GridPoint
+  assert rest.ran == [point("magnitude", 0.99, 0), point("dense", 0.0, 1), point("snip", 0.9, 1)]
+  assert rest.failed == [point("magnitude", 0.9, 1), point("snip", 0.99, 1),
+                         point("magnitude", 0.99, 1)]

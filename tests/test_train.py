@@ -55,7 +55,7 @@ def test_prune_and_train_writes_results_and_keeps_pruned_weights_zero(
 def test_workdir_of_another_run_is_refused(tmp_path, fashion_mnist_data_dir, change):
   config = _config(fashion_mnist_data_dir)
   workdir = str(tmp_path / "run")
-  train._claim_workdir(config, workdir)
+  train.claim_workdir(config, workdir)
   key, value = next(iter(change.items()))
   if key == "model":
     config.model = value

@@ -10,6 +10,12 @@ resumes where it stopped. After each new run, every `results.json` under the roo
 into `<root>/all_results.json` (one record per run, with per-layer densities) and
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
+Populations (`run_sweep(..., population_size=P)`): the points whose configs differ only in
+`MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are trained in
+groups of at most P by one program (`prospr_jax.experiment.population_sweep`); each member
+writes its own `results.json` as a single run does. Points that differ in anything else (model,
+batch size, epochs, optimizer, ...) are never grouped together.
+
 `experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report`
 turns the collection into a table and plots.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -57,6 +64,11 @@ ARM_MODIFIERS: dict[str, tuple[str, Any]] = {
 """Arm modifier -> (dotted config field, value); `x2` multiplies the field by its value."""
 _MULTIPLY = ("x2",)
 
+MEMBER_FIELDS = ("seed", "sweep_arm", "prune.method", "prune.sparsity", "prune.allocation",
+                 "prune.sanity_check")
+"""Dotted config fields in which the members of one population may differ (they change only
+the masks, the initialization and the data order); all other fields must be equal."""
+
 
 def parse_arm(arm: str) -> tuple[str, list[str]]:
   """`'prospr+shuffle'` -> `('prospr', ['shuffle'])`.
@@ -74,6 +86,9 @@ def parse_arm(arm: str) -> tuple[str, list[str]]:
 
 RunFn = Callable[[ml_collections.ConfigDict, str], Any]
 """`run_fn(config, workdir)` trains one grid point and writes `<workdir>/results.json`."""
+PopulationFn = Callable[[Sequence[ml_collections.ConfigDict], Sequence[str], str], Any]
+"""`population_fn(configs, workdirs, population_dir)` trains grid points as one population
+and writes each `<workdir>/results.json`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +221,46 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`{'prune.method': 'snip', ...}`: every leaf field of `config` by its dotted name."""
+  return _flatten(json.loads(config.to_json()))
+
+
+def shared_fields(config: ml_collections.ConfigDict) -> str:
+  """`config`'s fields outside `MEMBER_FIELDS` as canonical JSON: the runs of equal strings
+  may train as one population."""
+  fields = config_fields(config)
+  return json.dumps({k: v for k, v in fields.items() if k not in MEMBER_FIELDS}, sort_keys=True,
+                    default=str)
+
+
+def group_points(config: ml_collections.ConfigDict, points: Iterable[GridPoint],
+                 population_size: int) -> list[list[GridPoint]]:
+  """`points` in groups of at most `population_size` whose configs (`point_config`) share
+  every field outside `MEMBER_FIELDS`, in the order of their first point.
+
+  Raises:
+    ValueError: `population_size < 1`.
+  """
+  if population_size < 1:
+    raise ValueError(f"population_size={population_size} must be at least 1.")
+  by_fields: dict[str, list[GridPoint]] = {}
+  for point in points:
+    by_fields.setdefault(shared_fields(point_config(config, point)), []).append(point)
+  return [group[i:i + population_size] for group in by_fields.values()
+          for i in range(0, len(group), population_size)]
+
+
+def population_dir(root: str, workdirs: Sequence[str]) -> str:
+  """`<root>/populations/<id>`, where the population of the runs in `workdirs` checkpoints
+  (the id hashes the sorted workdirs, so a rerun with the same members finds it)."""
+  names = "\n".join(sorted(os.path.relpath(w, root) for w in workdirs))
+  return os.path.join(root, "populations", hashlib.sha1(names.encode()).hexdigest()[:16])
+
+
 def config_differences(expected: ml_collections.ConfigDict, stored: dict[str, Any]) -> list[str]:
   """Dotted names of the fields where a stored results' config differs from `expected`."""
-  want = _flatten(json.loads(expected.to_json()))
+  want = config_fields(expected)
   have = _flatten(stored)
   return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
 
@@ -239,14 +291,26 @@ def _default_run_fn() -> RunFn:
   return train.train_and_evaluate
 
 
+def _default_population_fn() -> PopulationFn:
+  """`population_sweep.train_population`, imported only when a sweep really trains."""
+  from prospr_jax.experiment import population_sweep  # pylint: disable=g-import-not-at-top
+
+  return population_sweep.train_population
+
+
 def run_sweep(
     config: ml_collections.ConfigDict,
     root: str,
     points: Iterable[GridPoint],
     run_fn: RunFn | None = None,
     max_runs: int = -1,
+    population_size: int = 1,
+    population_fn: PopulationFn | None = None,
 ) -> SweepSummary:
   """Runs every grid point without finished results, at most `max_runs` new ones (-1: all).
+
+  With `population_size > 1` the points are trained in populations (`group_points`,
+  `population_fn`, default `population_sweep.train_population`) instead of one by one.
 
   Args:
     config: base config; each point gets a copy with its method, sparsity and seed.
@@ -256,19 +320,20 @@ def run_sweep(
       (default `prospr_jax.experiment.train.train_and_evaluate`).
     max_runs: stop after this many new runs (failed ones count), so a sweep can be run in
       chunks; -1: no limit.
+    population_size: most runs per population; 1: single runs (`run_fn`).
+    population_fn: trains one population (see `PopulationFn`).
 
   Returns:
     The points run, skipped, failed and left for a later invocation. The collection files
     under `root` are rewritten after each new run and once at the end.
   """
+  if population_size > 1:
+    return _run_populations(config, root, points, population_fn or _default_population_fn(),
+                            max_runs, population_size)
   run_fn = run_fn or _default_run_fn()
   summary = SweepSummary()
-  for point in points:
+  for point in _unfinished(config, root, points, summary):
     point_cfg, workdir = point_config(config, point), run_dir(root, point)
-    if completed(point_cfg, workdir):
-      summary.skipped.append(point)
-      logging.info("skipped %s: %s exists.", point, os.path.join(workdir, RESULTS_FILE))
-      continue
     if 0 <= max_runs <= summary.attempted:
       summary.remaining.append(point)
       continue
@@ -290,10 +355,64 @@ def run_sweep(
     logging.info("done %s: final test top-1 %s in %.1f s.", point,
                  _format_accuracy(results), time.perf_counter() - start)
   write_collection(root)
+  _log_remaining(summary, max_runs)
+  return summary
+
+
+def _unfinished(config: ml_collections.ConfigDict, root: str, points: Iterable[GridPoint],
+                summary: SweepSummary) -> list[GridPoint]:
+  """The points without finished results; the others are added to `summary.skipped`."""
+  todo = []
+  for point in points:
+    workdir = run_dir(root, point)
+    if completed(point_config(config, point), workdir):
+      summary.skipped.append(point)
+      logging.info("skipped %s: %s exists.", point, os.path.join(workdir, RESULTS_FILE))
+    else:
+      todo.append(point)
+  return todo
+
+
+def _run_populations(config: ml_collections.ConfigDict, root: str, points: Iterable[GridPoint],
+                     population_fn: PopulationFn, max_runs: int,
+                     population_size: int) -> SweepSummary:
+  """`run_sweep` with populations: unfinished points in `group_points` groups, each trained
+  by `population_fn`; a failing population fails all its points (logged, the sweep goes on)."""
+  summary = SweepSummary()
+  for group in group_points(config, _unfinished(config, root, points, summary),
+                            population_size):
+    left = len(group) if max_runs < 0 else max(0, max_runs - summary.attempted)
+    group, rest = group[:left], group[left:]
+    summary.remaining += rest
+    if not group:
+      continue
+    workdirs = [run_dir(root, p) for p in group]
+    start = time.perf_counter()
+    try:
+      results = population_fn([point_config(config, p) for p in group], workdirs,
+                              population_dir(root, workdirs))
+    except Exception:  # pylint: disable=broad-except
+      logging.exception("FAILED the population of %s after %.1f s; the sweep goes on.",
+                        ", ".join(map(str, group)), time.perf_counter() - start)
+      summary.failed += group
+      continue
+    finally:
+      jax.clear_caches()  # see run_sweep
+    summary.ran += group
+    write_collection(root)
+    for point, result in zip(group, results):
+      logging.info("done %s: final test top-1 %s.", point, _format_accuracy(result))
+    logging.info("population of %d done in %.1f s.", len(group), time.perf_counter() - start)
+  write_collection(root)
+  _log_remaining(summary, max_runs)
+  return summary
+
+
+def _log_remaining(summary: SweepSummary, max_runs: int) -> None:
+  """Says how many points `max_runs` left for the next invocation, if any."""
   if summary.remaining:
     logging.info("Stopped at max_runs=%d: %d runs left for the next invocation.", max_runs,
                  len(summary.remaining))
-  return summary
 
 
 def _format_accuracy(results: Any) -> str:

@@ -270,9 +270,9 @@ def _population_step(population: Population, split: DeviceSplit, step: jax.Array
   ), metrics
 
 
-def _evaluate(population: Population, eval_set: DeviceEvalSet, *, formulation: str
-              ) -> dict[str, jax.Array]:
-  """Every member's mean test metrics over `eval_set` (see `make_evaluate`)."""
+def _evaluate_sums(population: Population, eval_set: DeviceEvalSet, *, formulation: str
+                   ) -> dict[str, jax.Array]:
+  """Every member's summed test metrics over `eval_set` (see `make_evaluate_sums`)."""
 
   def add_batch(sums, index):
     batch = device_batches.eval_batch(eval_set, index)
@@ -281,6 +281,13 @@ def _evaluate(population: Population, eval_set: DeviceEvalSet, *, formulation: s
 
   zeros = {k: jnp.zeros(population.size, jnp.float32) for k in ("count", *_EVAL_METRICS)}
   sums, _ = jax.lax.scan(add_batch, zeros, jnp.arange(eval_set.num_batches))
+  return sums
+
+
+def _evaluate(population: Population, eval_set: DeviceEvalSet, *, formulation: str
+              ) -> dict[str, jax.Array]:
+  """Every member's mean test metrics over `eval_set` (see `make_evaluate`)."""
+  sums = _evaluate_sums(population, eval_set, formulation=formulation)
   return {k: sums[k] / sums["count"] for k in _EVAL_METRICS}
 
 
@@ -343,6 +350,17 @@ def make_evaluate(formulation: str | None = None, mesh: Mesh | None = None) -> E
   every member's mean test loss and top-1/top-5 accuracy (fractions) over the real examples of
   `eval_set`, in one program (BatchNorm in eval mode). Arguments as `make_train_step`."""
   fn = functools.partial(_evaluate, formulation=_resolve(formulation))
+  return jax.jit(_over_members(fn, mesh, num_replicated=1, num_outputs=1))
+
+
+@functools.cache
+def make_evaluate_sums(formulation: str | None = None, mesh: Mesh | None = None) -> EvalFn:
+  """The jitted `evaluate_sums(population, eval_set) -> {'count', 'loss', 'top1', 'top5'}`,
+  float32 [P] each: every member's number of real test examples and its sums of loss, top-1
+  and top-5 hits over them (`train_step.eval_step` summed batch by batch, as a single run
+  sums them, so dividing on the host gives a single run's means). Arguments as
+  `make_train_step`."""
+  fn = functools.partial(_evaluate_sums, formulation=_resolve(formulation))
   return jax.jit(_over_members(fn, mesh, num_replicated=1, num_outputs=1))
 
 

@@ -9,8 +9,8 @@ import ml_collections
 from jax.sharding import Mesh
 
 from prospr_jax import models
-from prospr_jax.experiment import data as data_lib
 from prospr_jax.experiment import config_checks, distributed, prune_config
+from prospr_jax.experiment.data import DatasetInfo, device_data
 from prospr_jax.experiment.train_step import TrainHyperparams
 
 
@@ -24,7 +24,7 @@ class DataPlan:
     augment: whether training batches are augmented.
   """
 
-  info: data_lib.DatasetInfo
+  info: DatasetInfo
   data_dir: str | None
   augment: bool
 
@@ -109,7 +109,7 @@ def check_train_fields(tc: ml_collections.ConfigDict) -> None:
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, prune: prune_config.PrunePlan,
-                      info: data_lib.DatasetInfo, mesh: Mesh) -> None:
+                      info: DatasetInfo, mesh: Mesh) -> None:
   """Raises ValueError unless every global batch size (training, evaluation, pruning if the
   method takes batches) divides evenly over the devices of `mesh`, and the training and pruning
   batches fit in the training split (`info.num_train` images)."""
@@ -147,7 +147,7 @@ def plan_run(config: ml_collections.ConfigDict, mesh: Mesh) -> RunPlan:
   prune = prune_config.plan(config.prune)
   tc = config.train
   check_train_fields(tc)
-  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  info = device_data.dataset_info(config.dataset, config.data_dir)
   check_batch_sizes(config, prune, info, mesh)
   steps_per_epoch = info.num_train // tc.batch_size
   if tc.steps_per_epoch > 0:

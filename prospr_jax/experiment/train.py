@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -14,22 +13,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax.metrics import tensorboard
 from jax.sharding import Mesh
 
 from prospr_jax import masks as masks_lib
 from prospr_jax import models, structured
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.analysis import connectivity, sanity
-from prospr_jax.experiment import atomic_files, config_checks
-from prospr_jax.experiment import data as data_lib
-from prospr_jax.experiment import distributed, progress, provenance, prune_config, run_plan
+from prospr_jax.experiment import (
+    atomic_files, config_checks, distributed, epoch_metrics, progress, provenance, prune_config,
+    run_data, run_plan)
+from prospr_jax.experiment.data import DatasetInfo, device_data
+from prospr_jax.experiment.scalar_summaries import ScalarWriter
 from prospr_jax.experiment.train_step import (
     TrainHyperparams,
     TrainState,
+    eval_step,
     learning_rate_schedule,
     make_optimizer,
     train_step,
@@ -41,27 +41,10 @@ DENSE = prune_config.DENSE
 _log = logging.getLogger(__name__)
 
 
-def _report(msg: str, *args: Any) -> None:
+def report(msg: str, *args: Any) -> None:
   """Logs `msg % args` at INFO on process 0 only (one line per run, not per process)."""
   if jax.process_index() == 0:
     _log.info(msg, *args)
-
-
-@jax.jit
-def eval_step(state: TrainState, batch: PyTree) -> dict[str, jax.Array]:
-  """Sums over the real examples of `batch` (its 'mask'): count, loss, top-1 and top-5 hits."""
-  logits = state.apply_fn(
-      {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-  )
-  weight = batch["mask"].astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return {
-      "count": weight.sum(),
-      "loss": (losses * weight).sum(),
-      "top1": ((jnp.argmax(logits, -1) == batch["label"]) * weight).sum(),
-      "top5": ((top5 == batch["label"][:, None]).any(-1) * weight).sum(),
-  }
 
 
 def evaluate(state: TrainState, batches: Iterator[PyTree]) -> dict[str, float]:
@@ -72,23 +55,6 @@ def evaluate(state: TrainState, batches: Iterator[PyTree]) -> dict[str, float]:
     sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
   count = float(sums["count"])
   return {k: float(sums[k]) / count for k in ("loss", "top1", "top5")}
-
-
-def pruning_batches(plan: run_plan.RunPlan, mesh: Mesh) -> list[PyTree] | None:
-  """The batches the pruning method scores on (None if it takes none).
-
-  `plan.prune.num_batches` batches of `plan.prune.batch_size` (global) from the training split,
-  not augmented, with their own seed (`plan.seed + 1`); this process feeds its rows of each.
-  """
-  prune = plan.prune
-  if not prune.num_batches:
-    return None
-  stream = data_lib.train_batches(
-      plan.data.info.name, batch_size=prune.batch_size, seed=plan.seed + 1,
-      data_dir=plan.data.data_dir, augment=False,
-      rows=distributed.process_rows(prune.batch_size, mesh),
-  )
-  return [distributed.shard_batch(b, mesh) for b in itertools.islice(stream, prune.num_batches)]
 
 
 def prune_at_init(
@@ -172,7 +138,7 @@ _LAUNCH_FIELDS = ("distributed",)
 another topology)."""
 
 
-def _claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes `config.json` to `workdir` (process 0), refusing a workdir of another run's config."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
@@ -290,7 +256,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
   """The config, model and latest checkpointed train state of a run written to `workdir`."""
   with open(os.path.join(workdir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  info = data_lib.get_dataset_info(config.dataset, config.data_dir)
+  info = device_data.dataset_info(config.dataset, config.data_dir)
   model = models.get_model(config.model, info.num_classes)
   variables = models.init_variables(model, jax.random.PRNGKey(0), info.image_shape)
   state, _ = _restore_latest(config.train, model, variables, optax.constant_schedule(0.0),
@@ -299,7 +265,7 @@ def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, nn.Module, TrainS
 
 
 def _write_summaries(
-    writer: tensorboard.SummaryWriter | None, step: int, values: dict[str, float]
+    writer: ScalarWriter | None, step: int, values: dict[str, float]
 ) -> None:
   """Writes `values` as TensorBoard scalars at `step`; `writer` is None off process 0."""
   if writer is None:
@@ -322,21 +288,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with the same config resumes from the latest checkpoint (same final params as an
   uninterrupted run); a workdir holding another config is refused. Progress goes to the
   `prospr_jax` logger (see `progress.show_on`). Returns the results dict.
+
+  In-memory data sets (`data.device_data.IN_MEMORY_SETS`) are copied to every device and
+  batched there (no TensorFlow); others are read with tf.data (`run_data`).
+
+  Divergence: a training loss that is NaN or inf (found at the next end of epoch or checkpoint
+  step) stops the run; it is not checkpointed, and `results.json` records
+  `'diverged': {'step': N}` (N: the 1-based number of the first step with a non-finite loss),
+  the history of the epochs before it, and `final_test_top1`/`final_test_top5` None (the
+  network is not evaluated); `best_test_top1` is the best of the earlier evaluations (None if
+  none). Runs that did not diverge record `'diverged': None`.
   """
   plan, mesh = _set_up(config, workdir)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(plan.seed))
-  variables, train_variables = _initial_variables(plan, init_key, mesh)
+  variables, train_variables = initial_variables(plan, init_key, mesh)
   schedule = learning_rate_schedule(plan.train.hyperparams, plan.train.steps_per_epoch)
   manager = checkpoint_manager(workdir)
+  data = run_data.run_data(plan, mesh)
   state, meta = _prune_or_resume(plan, variables, train_variables, prune_key, schedule, manager,
-                                 workdir, mesh)
+                                 workdir, mesh, data)
   density = masks_lib.density_summary(state.masks, state.params, plan.prune.filter_fn)
-  _report("pruned with %s in %s: %.2f%% of the prunable weights kept", plan.prune.method,
+  report("pruned with %s in %s: %.2f%% of the prunable weights kept", plan.prune.method,
           progress.format_duration(meta["prune_seconds"]), 100 * density["density/total"])
-  writer = (tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+  writer = (ScalarWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
   _write_summaries(writer, 0, density)
-  _train(plan, state, meta, schedule, manager, writer, mesh)
+  _train(plan, state, meta, schedule, manager, writer, data)
   if writer is not None:
     writer.close()
   return _write_results(config, workdir, plan.data.info, density, meta)
@@ -348,14 +325,14 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.R
   distributed.initialize_distributed(config.distributed)
   mesh = distributed.data_mesh()
   plan = run_plan.plan_run(config, mesh)
-  _claim_workdir(config, workdir)
+  claim_workdir(config, workdir)
   info = plan.data.info
-  _report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
+  report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
           info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
   return plan, mesh
 
 
-def _initial_variables(
+def initial_variables(
     plan: run_plan.RunPlan, init_key: jax.Array, mesh: Mesh
 ) -> tuple[PyTree, PyTree]:
   """The variables pruning scores (from `init_key`) and those training starts from, replicated
@@ -377,19 +354,21 @@ def _prune_or_resume(
     manager: ocp.CheckpointManager,
     workdir: str,
     mesh: Mesh,
+    data: run_data.RunData,
 ) -> tuple[TrainState, dict[str, Any]]:
   """The train state to train from, on `mesh`, and the run's metadata: a new run prunes
-  (`_prune_and_start`), one with a checkpoint resumes from its latest."""
+  (`prune_and_start`, scoring on `data`'s pruning batches), one with a checkpoint resumes
+  from its latest."""
   if manager.latest_step() is None:
-    return _prune_and_start(plan, variables, train_variables, prune_key, schedule, workdir,
-                            mesh)
+    return prune_and_start(plan, variables, train_variables, prune_key, schedule, workdir,
+                            mesh, data)
   state, meta = _restore_latest(plan.train.hyperparams, plan.model, train_variables, schedule,
                                 workdir, manager, mesh)
-  _report("Resumed from the checkpoint at step %d.", int(state.step))
-  return state, meta
+  report("Resumed from the checkpoint at step %d.", int(state.step))
+  return state, start_meta() | meta  # checkpoints of older versions lack the newer fields
 
 
-def _prune_and_start(
+def prune_and_start(
     plan: run_plan.RunPlan,
     variables: PyTree,
     train_variables: PyTree,
@@ -397,13 +376,14 @@ def _prune_and_start(
     schedule: optax.Schedule,
     workdir: str,
     mesh: Mesh,
+    data: run_data.RunData,
 ) -> tuple[TrainState, dict[str, Any]]:
   """Finds the masks (`find_masks`; process 0 saves them to `masks.npz`) and returns the
   initial train state on `mesh` and the run's metadata (what pruning recorded, no history)."""
-  _report("pruning with %s ...", plan.prune.method)
+  report("pruning with %s ...", plan.prune.method)
   masks, meta = find_masks(plan.prune, plan.model, variables, plan.data.info.image_shape, key,
-                           lambda: pruning_batches(plan, mesh))
-  meta |= {"train_seconds": 0.0, "history": []}
+                           data.pruning_batches)
+  meta |= start_meta()
   state = distributed.replicate(
       create_train_state(plan.train.hyperparams, plan.model, train_variables, masks, schedule),
       mesh)
@@ -412,65 +392,94 @@ def _prune_and_start(
   return state, meta
 
 
+def start_meta() -> dict[str, Any]:
+  """The training part of a new run's metadata: no time, history, epoch sums or divergence."""
+  return {"train_seconds": 0.0, "history": [], "epoch_sums": epoch_metrics.empty_sums(),
+          "diverged": None}
+
+
 def _train(
     plan: run_plan.RunPlan,
     state: TrainState,
     meta: dict[str, Any],
     schedule: optax.Schedule,
     manager: ocp.CheckpointManager,
-    writer: tensorboard.SummaryWriter | None,
-    mesh: Mesh,
+    writer: ScalarWriter | None,
+    data: run_data.RunData,
 ) -> None:
   """Trains from `state` to `plan.train.total_steps`, evaluating at the ends of epochs and
   checkpointing (the trained state is the last checkpoint); appends the epochs' records to
-  `meta['history']` and adds the time spent to `meta['train_seconds']` (both checkpointed
-  with the state)."""
+  `meta['history']`, folds the steps' metrics into `meta['epoch_sums']` and adds the time spent
+  to `meta['train_seconds']` (all checkpointed with the state). Stops at a non-finite loss,
+  setting `meta['diverged']` (see `train_and_evaluate`)."""
   tp = plan.train
-  batches = data_lib.train_batches(
-      plan.data.info.name, batch_size=tp.batch_size, seed=plan.seed,
-      data_dir=plan.data.data_dir, augment=plan.data.augment,
-      rows=distributed.process_rows(tp.batch_size, mesh),
-  )
   first_step = int(state.step)
-  batches = itertools.islice(batches, first_step, None)  # the data position of a resumed run
+  batches = data.train_batches(first_step)
   meter = progress.Progress(first_step, tp.total_steps, tp.steps_per_epoch)
-  start, metrics = time.perf_counter(), []
+  start, pending = time.perf_counter(), []
   for step in range(first_step + 1, tp.total_steps + 1):
-    state, m = train_step(state, distributed.shard_batch(next(batches), mesh))
-    metrics.append(m)
+    state, m = train_step(state, next(batches))
+    pending.append(m)
     if step % tp.log_every_steps == 0:
       line, rate = meter.line(step, float(m["loss"]))
-      _report("%s", line)
+      report("%s", line)
       _write_summaries(writer, step, {"train/loss": float(m["loss"]), "steps_per_second": rate,
                                       "learning_rate": float(schedule(step))})
-    if step % tp.steps_per_epoch == 0:
+    end_of_epoch = step % tp.steps_per_epoch == 0
+    checkpoint = step % tp.checkpoint_every_steps == 0 or step == tp.total_steps
+    if not (end_of_epoch or checkpoint):
+      continue
+    diverged_at = epoch_metrics.fold(meta["epoch_sums"], [x["loss"] for x in pending],
+                                     [x["accuracy"] for x in pending], step - len(pending) + 1)
+    pending = []
+    if diverged_at is not None:
+      meta["diverged"] = {"step": diverged_at}
+      report("DIVERGED: the training loss of step %d is not finite; the run stops there.",
+              diverged_at)
+      break
+    if end_of_epoch:
       epoch = step // tp.steps_per_epoch
       test = epoch % tp.eval_every_epochs == 0 or epoch == tp.num_epochs
-      meta["history"].append(_end_of_epoch(plan, state, metrics, mesh, epoch, test))
-      _write_summaries(writer, step, {k: v for k, v in meta["history"][-1].items()
-                                      if k != "epoch"})
-      metrics = []
-    if step % tp.checkpoint_every_steps == 0 or step == tp.total_steps:
-      meta["train_seconds"] += time.perf_counter() - start
-      start = time.perf_counter()
-      save_checkpoint(manager, state, meta)
+      record = epoch_metrics.epoch_record(epoch, meta["epoch_sums"])
+      meta["epoch_sums"] = epoch_metrics.empty_sums()
+      if test:
+        record |= {f"test_{k}": v for k, v in evaluate(state, data.eval_batches()).items()}
+      _report_epoch(record, tp.num_epochs)
+      meta["history"].append(record)
+      _write_summaries(writer, step, {k: v for k, v in record.items() if k != "epoch"})
+    if not checkpoint:
+      continue
+    meta["train_seconds"] += time.perf_counter() - start
+    start = time.perf_counter()
+    save_checkpoint(manager, state, meta)
   manager.wait_until_finished()
 
 
-def _write_results(
+def _report_epoch(record: dict[str, float], num_epochs: int) -> None:
+  """Logs an epoch's record: its train loss and, if tested, its test top-1 accuracy."""
+  line = f"epoch {record['epoch']}/{num_epochs} done: train loss {record['train_loss']:.4f}"
+  if "test_top1" in record:
+    line += f", test top-1 {100 * record['test_top1']:.2f}%"
+  report("%s", line)
+
+
+def results_dict(
     config: ml_collections.ConfigDict,
-    workdir: str,
-    info: data_lib.DatasetInfo,
+    info: DatasetInfo,
     density: dict[str, float],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-  """The run's results (see `train_and_evaluate`); process 0 writes them to `results.json`."""
+  """A run's `results.json` content (see `train_and_evaluate`) from its metadata."""
   history = meta["history"]
-  results = {
+  diverged = meta.get("diverged")
+  tested = [h["test_top1"] for h in history if "test_top1" in h]
+  return {
       "config": json.loads(config.to_json()),
-      "final_test_top1": history[-1]["test_top1"],
-      "best_test_top1": max(h["test_top1"] for h in history if "test_top1" in h),
-      "final_test_top5": history[-1]["test_top5"] if info.num_classes > 10 else None,
+      "final_test_top1": None if diverged else history[-1]["test_top1"],
+      "best_test_top1": max(tested) if tested else None,
+      "final_test_top5": (history[-1]["test_top5"]
+                          if info.num_classes > 10 and not diverged else None),
+      "diverged": diverged,
       "density": density,
       "prune_seconds": meta["prune_seconds"],
       "train_seconds": meta["train_seconds"],
@@ -478,32 +487,17 @@ def _write_results(
       "history": history,
       "provenance": provenance.provenance(),
   }
+
+
+def _write_results(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    info: DatasetInfo,
+    density: dict[str, float],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+  """The run's results (`results_dict`); process 0 writes them to `results.json`."""
+  results = results_dict(config, info, density, meta)
   if jax.process_index() == 0:
     atomic_files.write_json(os.path.join(workdir, "results.json"), results)
   return results
-
-
-def _end_of_epoch(
-    plan: run_plan.RunPlan,
-    state: TrainState,
-    metrics: list[dict[str, jax.Array]],
-    mesh: Mesh,
-    epoch: int,
-    test: bool,
-) -> dict[str, float]:
-  """The epoch's mean train loss and accuracy and, if `test`, its test-split metrics; logs them."""
-  record = {"epoch": epoch,
-            "train_loss": float(np.mean([m["loss"] for m in metrics])),
-            "train_accuracy": float(np.mean([m["accuracy"] for m in metrics]))}
-  num_epochs = plan.train.num_epochs
-  if not test:
-    _report("epoch %d/%d done: train loss %.4f", epoch, num_epochs, record["train_loss"])
-    return record
-  rows = distributed.process_rows(plan.train.eval_batch_size, mesh)
-  result = evaluate(state, (distributed.shard_batch(b, mesh) for b in data_lib.eval_batches(
-      plan.data.info.name, batch_size=rows.stop - rows.start, data_dir=plan.data.data_dir)))
-  record |= {"test_loss": result["loss"], "test_top1": result["top1"],
-             "test_top5": result["top5"]}
-  _report("epoch %d/%d done: train loss %.4f, test top-1 %.2f%%", epoch, num_epochs,
-          record["train_loss"], 100 * record["test_top1"])
-  return record

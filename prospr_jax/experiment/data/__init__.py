@@ -1,15 +1,17 @@
 """Input pipelines.
 
-The tf.data pipeline (`input_pipeline`: `DatasetInfo`, `eval_batches`, `get_dataset_info`,
-`train_batches`) needs TensorFlow and TFDS; it is imported on first use of one of those names,
-so the TF-free modules of this package (`fashion_mnist_idx`, `in_memory` for Fashion-MNIST,
-`device_batches`, `normalization`) import without TensorFlow.
+The tf.data pipeline (`input_pipeline`: `eval_batches`, `get_dataset_info`, `train_batches`)
+needs TensorFlow and TFDS; it is imported on first use of one of those names, so the TF-free
+modules of this package (`dataset_info`, `fashion_mnist_idx`, `in_memory` for Fashion-MNIST,
+`device_batches`, `device_data`, `normalization`) import without TensorFlow.
 """
 
 import importlib
 from typing import Any
 
-_INPUT_PIPELINE_NAMES = ("DatasetInfo", "eval_batches", "get_dataset_info", "train_batches")
+from prospr_jax.experiment.data.dataset_info import DatasetInfo
+
+_INPUT_PIPELINE_NAMES = ("eval_batches", "get_dataset_info", "train_batches")
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +21,4 @@ def __getattr__(name: str) -> Any:
   raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = list(_INPUT_PIPELINE_NAMES)
+__all__ = ["DatasetInfo", *_INPUT_PIPELINE_NAMES]

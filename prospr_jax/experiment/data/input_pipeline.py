@@ -37,7 +37,6 @@ process's slice of the evaluation split (`tfds.split_for_jax_process`); metrics
 are sums over all examples, so their order does not matter.
 """
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from prospr_jax.experiment.data.dataset_info import DatasetInfo
 from prospr_jax.experiment.data.fashion_mnist_local import FashionMnistLocal
 from prospr_jax.experiment.data.normalization import MEAN_STD
 
@@ -63,22 +63,6 @@ _CROP_SIZE = 224  # Variable-size images: side of the square model input.
 _RESIZE_SIZE = 256  # Variable-size images: shorter side before the eval crop.
 _CACHE_BYTES = 1 << 30  # Decoded training sets up to this size are cached in memory.
 _SHUFFLE_BUFFER = 10_000  # Shuffle buffer for sets too large to cache.
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a model and a training loop need to know about a data set.
-
-  `image_shape` is the shape of the images the pipeline yields (e.g. (224, 224, 3)
-  for ImageNet, whose stored images vary in size); `num_train` and `num_test` count
-  the whole train and evaluation splits over all processes.
-  """
-
-  name: str
-  num_classes: int
-  image_shape: tuple[int, int, int]
-  num_train: int
-  num_test: int
 
 
 def _not_prepared_message(name: str, builder: tfds.core.DatasetBuilder,
