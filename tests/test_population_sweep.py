@@ -100,12 +100,12 @@ def test_a_diverged_member_is_recorded_and_the_others_train_on(
 
 
 def test_a_diverged_single_run_fails_the_binary(tmp_path):
-  """A NaN learning rate makes step 2's loss NaN: prune_and_train.py exits non-zero and says so;
-  results.json records the step."""
+  """A learning rate of 1e30 (a NaN one is refused with the config) makes step 2's loss NaN:
+  prune_and_train.py exits non-zero and says so; results.json records the step."""
   proc = subprocess.run(
       [sys.executable, str(ROOT / "experiments" / "prune_and_train.py"),
        f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={tmp_path}",
-       "--config.train.learning_rate=nan",
+       "--config.train.learning_rate=1e30",
        "--config.prune.method=magnitude"],
       capture_output=True, text=True, timeout=300, cwd=ROOT,
       env={"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})

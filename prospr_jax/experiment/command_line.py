@@ -11,15 +11,28 @@ with status 1.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from prospr_jax.experiment import config_checks
 
 CONFIG_FLAG = "config"
+
+
+def unknown_override_message(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """Why `--config.<path>=...` names no field of `config` (None if it names one): the first
+  missing key, and the fields of the section it is missing from."""
+  section, walked = config, []
+  for key in path.split("."):
+    if not isinstance(section, (Mapping, ml_collections.ConfigDict)):
+      return f"config.{'.'.join(walked)} is a value, not a section: --config.{path} names nothing."
+    if key not in section:
+      where = ".".join(["config", *walked])
+      return f"{where} has no field {key!r}; its fields are {sorted(section)}."
+    section, walked = section[key], [*walked, key]
+  return None
 
 
 def _config_file_argument(argv: Sequence[str]) -> str | None:
@@ -43,14 +56,14 @@ def _load_config_file(path: str) -> ml_collections.ConfigDict:
 def unknown_override(argv: Sequence[str],
                      default: Callable[[], ml_collections.ConfigDict]) -> str | None:
   """Why the first `--config.<path>=...` of `argv` that names no field of the config (from the
-  `--config=` file, else `default()`) is wrong (`config_checks.unknown_override_message`), or
+  `--config=` file, else `default()`) is wrong (`unknown_override_message`), or
   None if every override names a field."""
   path = _config_file_argument(argv)
   config = default() if path is None else _load_config_file(path)
   prefix = f"--{CONFIG_FLAG}."
   for arg in argv:
     if arg.startswith(prefix):
-      message = config_checks.unknown_override_message(
+      message = unknown_override_message(
           config, arg.removeprefix(prefix).split("=", 1)[0])
       if message is not None:
         return f"{arg.split('=', 1)[0]}: {message}"

@@ -10,7 +10,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import ml_collections
 
 
 def check_int(name: str, value: Any, minimum: int, *, also: tuple[int, ...] = ()) -> None:
@@ -61,20 +60,6 @@ def check_known_fields(name: str, section: Mapping[str, Any], known: Iterable[st
   if unknown:
     where = f"config.{name}" if name else "config"
     raise ValueError(f"{where} has no field(s) {unknown}; its fields are {known}.")
-
-
-def unknown_override_message(config: ml_collections.ConfigDict, path: str) -> str | None:
-  """Why `--config.<path>=...` names no field of `config` (None if it names one): the first
-  missing key, and the fields of the section it is missing from."""
-  section, walked = config, []
-  for key in path.split("."):
-    if not isinstance(section, (Mapping, ml_collections.ConfigDict)):
-      return f"config.{'.'.join(walked)} is a value, not a section: --config.{path} names nothing."
-    if key not in section:
-      where = ".".join(["config", *walked])
-      return f"{where} has no field {key!r}; its fields are {sorted(section)}."
-    section, walked = section[key], [*walked, key]
-  return None
 
 
 def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
