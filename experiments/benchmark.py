@@ -46,7 +46,6 @@ from absl import app, flags
 from prospr_jax.benchmark import cost_report, cost_suite, result_record, setting_flags
 from prospr_jax.benchmark.reference_comparison import read_reference
 from prospr_jax.benchmark.synthetic_setup import PRESETS
-from prospr_jax.experiment import compile_cache
 
 _PRESET = flags.DEFINE_multi_enum(
     "preset", [], list(PRESETS),
@@ -84,13 +83,11 @@ def _model_settings() -> list[dict[str, Any]]:
   return [PRESETS[name] for name in _PRESET.value]
 
 
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   common = {"batch_size": _SETTING.batch_size.value, "repeats": _REPEATS.value,
             "ks": _ints(_KS.value), "memory_ks": _ints(_MEMORY_KS.value), "remat": _REMAT.value,
             "reference": read_reference(_REFERENCE.value) if _REFERENCE.value else None}

@@ -22,7 +22,6 @@ from absl import app, flags
 
 from prospr_jax import structured
 from prospr_jax.benchmark import compaction_suite, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _MODELS = flags.DEFINE_list("models", ["vgg16", "resnet20"], "Names for models.get_model.")
 _SPARSITIES = flags.DEFINE_list("sparsities", ["0.3", "0.5", "0.7"], "Channel sparsities.")
@@ -30,13 +29,11 @@ _METHOD = flags.DEFINE_string("method", "random", f"One of {structured.structure
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Batch size of the timed forward pass.")
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   config = {"models": _MODELS.value, "sparsities": [float(s) for s in _SPARSITIES.value],
             "method": _METHOD.value, "batch_size": _BATCH_SIZE.value, "repeats": _REPEATS.value,
             "input_shape": list(compaction_suite.INPUT_SHAPE)}

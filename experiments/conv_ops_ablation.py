@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import conv_ablation, conv_variants, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()
 _REPEATS = setting_flags.define_repeats_flag()
@@ -32,13 +31,11 @@ _MEMORY_K = flags.DEFINE_integer(
     "memory_k", 30, "Also compile remat ProsPr at k = 1 and this k and print their peak memory "
                     "ratio (0: skip).")
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   setup = _SETTING.make_setup(num_batches=max(_K.value, _MEMORY_K.value) + 1)
   record = conv_ablation.run_ablation(setup, _SETTING.config(), _VARIANTS.value, _K.value,
                                       _MEMORY_K.value, _REPEATS.value)

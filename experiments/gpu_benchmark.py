@@ -30,7 +30,6 @@ from absl import app, flags
 
 from prospr_jax.benchmark import gpu_report, gpu_suite, setting_flags
 from prospr_jax.benchmark.synthetic_setup import PRESETS
-from prospr_jax.experiment import compile_cache
 
 _PRESETS = flags.DEFINE_list("presets", ["cifar10_resnet20", "cifar10_vgg16"],
                              f"Settings from {sorted(PRESETS)}.")
@@ -55,13 +54,11 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where results go.", requi
 REFERENCE_SCRIPT = pathlib.Path(__file__).resolve().parent / "reference_benchmark.py"
 
 
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   unknown = set(_PRESETS.value) - set(PRESETS)
   if unknown:
     raise app.UsageError(f"Unknown presets {sorted(unknown)}; choose from {sorted(PRESETS)}.")

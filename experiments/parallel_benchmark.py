@@ -16,18 +16,15 @@ import jax
 from absl import app
 
 from prospr_jax.benchmark import parallel_suite, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()  # --batch_size is the global batch
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   print(f"devices: {jax.devices()}")
   record = parallel_suite.run_parallel_benchmark(
       _SETTING.model.value, _SETTING.batch_size.value, _SETTING.shape(), _REPEATS.value)

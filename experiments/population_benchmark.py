@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import population_suite, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _MODELS = flags.DEFINE_list("models", ["small_convnet", "lenet300100"], "Zoo model names.")
 _SIZES = flags.DEFINE_list("sizes", ["1", "2", "4", "8"], "Population sizes P (with 1).")
@@ -25,13 +24,11 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed call.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per setting (median reported).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny run: lenet300100, P = 1, 2, batch 8.")
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   settings = {"model_names": _MODELS.value, "sizes": [int(s) for s in _SIZES.value],
               "batch_size": _BATCH_SIZE.value, "steps": _STEPS.value, "repeats": _REPEATS.value}
   try:

@@ -19,20 +19,17 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import cpu_op_profile, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()
 _FUNCTION = flags.DEFINE_string("function", "train_step_masked", "A benchmark timing case.")
 _CALLS = flags.DEFINE_integer("calls", 3, "Profiled calls.")
 _TOP = flags.DEFINE_integer("top", 12, "Longest ops to list.")
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   setup = _SETTING.make_setup(num_batches=cpu_op_profile.K + 1)
   record = cpu_op_profile.profile_ops(setup, _SETTING.config(), _FUNCTION.value, _CALLS.value,
                                       _TOP.value)

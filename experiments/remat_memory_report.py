@@ -20,19 +20,16 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import remat_live_buffers, result_record, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()
 _MEMORY_KS = flags.DEFINE_list("memory_ks", ["1", "3", "10", "30"], "ProsPr inner steps k.")
 _TOP = flags.DEFINE_integer("top", 12, "Groups of live buffers to list per k.")
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   ks = [int(k) for k in _MEMORY_KS.value]
   setup = _SETTING.make_setup(num_batches=max(ks) + 1)
   record = remat_live_buffers.remat_memory_report(setup, _SETTING.config(), ks, _TOP.value)

@@ -17,18 +17,15 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import result_record, score_precision, setting_flags
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()
 _FIRST_ORDER = flags.DEFINE_bool("first_order", False, "First-order ProsPr instead of full.")
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   setup = _SETTING.make_setup(num_batches=score_precision.K + 1)
   record = score_precision.precision_check(setup, _SETTING.config(), _FIRST_ORDER.value)
   print(score_precision.format_precision(record))

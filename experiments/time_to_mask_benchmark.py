@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from absl import app, flags
 
 from prospr_jax.benchmark import result_record, setting_flags, time_to_mask
-from prospr_jax.experiment import compile_cache
 
 _SETTING = setting_flags.define_setting_flags()
 _KS = flags.DEFINE_list("ks", [str(k) for k in time_to_mask.KS], "ProsPr inner steps k.")
@@ -32,7 +31,7 @@ _REMAT_MEMORY = flags.DEFINE_bool("remat_memory", True,
                                   "Also compile with remat=True and print its peak memory.")
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
-_COMPILE_CACHE_DIR = compile_cache.define_flag(compile_cache.DISABLED)
+_COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
 def _unroll(text: str) -> bool | int:
@@ -46,9 +45,7 @@ def _unroll(text: str) -> bool | int:
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  compile_cache.enable(_COMPILE_CACHE_DIR.value)
+  setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   ks = [int(k) for k in _KS.value]
   setup = _SETTING.make_setup(num_batches=max(ks) + 1)
   record = time_to_mask.run_time_to_mask(

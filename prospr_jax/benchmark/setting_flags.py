@@ -6,11 +6,13 @@ Each `define_*` function defines its flags once, in the binary that calls it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags
 
 from prospr_jax.benchmark.synthetic_setup import Setup, make_setup
+from prospr_jax.experiment import compile_cache
 
 NUM_CLASSES = 10
 """Classes of the binaries' settings (all but experiments/benchmark.py's --num_classes)."""
@@ -61,3 +63,16 @@ def define_repeats_flag() -> flags.FlagHolder[int]:
 def define_output_flag() -> flags.FlagHolder[str | None]:
   """Defines --output: an optional path for the results (`result_record`) as JSON."""
   return flags.DEFINE_string("output", None, "Optional path for the results as JSON.")
+
+
+def define_compile_cache_flag() -> flags.FlagHolder[str]:
+  """Defines --compile_cache_dir, off by default: a benchmark measures compile times."""
+  return compile_cache.define_flag(compile_cache.DISABLED)
+
+
+def begin(argv: Sequence[str], compile_cache_dir: flags.FlagHolder[str]) -> None:
+  """The start of every benchmark binary's `main`: no positional arguments, then JAX's
+  persistent compilation cache as --compile_cache_dir says (off unless given)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  compile_cache.enable(compile_cache_dir.value)
