@@ -12,7 +12,6 @@ device, i.e. P runs one after another.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import optax
 
 from prospr_jax import masks as masks_lib
 from prospr_jax import models
-from prospr_jax.benchmark import result_record, timing
+from prospr_jax.benchmark import cost_cases, result_record, timing
 from prospr_jax.experiment import population as pop_lib
 from prospr_jax.experiment.data import device_batches
 from prospr_jax.experiment.data.in_memory import InMemorySplit
@@ -36,18 +35,6 @@ SMOKE_SETTINGS = {"model_names": ("lenet300100",), "sizes": (1, 2), "batch_size"
 """`run_population_benchmark` keyword arguments of a tiny, fast run."""
 
 
-@dataclasses.dataclass(frozen=True)
-class _Hyperparams:
-  """`train_step.TrainHyperparams`: SGD with momentum 0.9, cosine decay from 0.1."""
-
-  learning_rate: float = 0.1
-  lr_schedule: str = "cosine"
-  num_epochs: int = 1
-  lr_decay_fractions: tuple[float, ...] = ()
-  momentum: float = 0.9
-  weight_decay: float = 5e-4
-
-
 def member_state(model_name: str, seed: int) -> TrainState:
   """A masked single-run state at step 0: init seed `seed`, a random 50% mask per leaf."""
   model = models.get_model(model_name, NUM_CLASSES)
@@ -57,7 +44,7 @@ def member_state(model_name: str, seed: int) -> TrainState:
       variables["params"])
   return TrainState.create(
       apply_fn=model.apply, params=masks_lib.apply_masks(variables["params"], masks),
-      tx=make_optimizer(_Hyperparams(), optax.cosine_decay_schedule(0.1, 10_000), masks),
+      tx=make_optimizer(cost_cases.TRAIN_CONFIG, optax.cosine_decay_schedule(0.1, 10_000), masks),
       batch_stats=variables.get("batch_stats", {}), masks=masks)
 
 

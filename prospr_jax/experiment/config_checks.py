@@ -62,13 +62,13 @@ def check_known_fields(name: str, section: Mapping[str, Any], known: Iterable[st
     raise ValueError(f"{where} has no field(s) {unknown}; its fields are {known}.")
 
 
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+def dotted_leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
   """`{dotted path: value}` of the non-dict leaves of nested dicts `tree`."""
   if not isinstance(tree, Mapping):
     return {prefix: tree}
   out = {}
   for key, value in tree.items():
-    out |= _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    out |= dotted_leaves(value, f"{prefix}.{key}" if prefix else str(key))
   return out
 
 
@@ -78,7 +78,7 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any],
   and `new` differ (a missing leaf shows as `<absent>`), sorted by path; top-level keys in
   `ignore` are skipped."""
   ignore = set(ignore)
-  old_leaves, new_leaves = _leaves(old), _leaves(new)
+  old_leaves, new_leaves = dotted_leaves(old), dotted_leaves(new)
   absent = "<absent>"
   return [
       f"{path}: {old_leaves.get(path, absent)!r} (workdir) vs "

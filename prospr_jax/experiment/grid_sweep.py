@@ -36,7 +36,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from prospr_jax.experiment import atomic_files
+from prospr_jax.experiment import atomic_files, config_checks
 
 DENSE = "dense"
 """Method name of the unpruned baseline (same as `prospr_jax.experiment.train.DENSE`)."""
@@ -211,19 +211,9 @@ def read_results(workdir: str) -> dict[str, Any] | None:
   return results if isinstance(results, dict) else None
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  """`{'a': {'b': 1}}` -> `{'a.b': 1}`, for naming the fields two configs differ in."""
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-  return out
-
-
 def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`{'prune.method': 'snip', ...}`: every leaf field of `config` by its dotted name."""
-  return _flatten(json.loads(config.to_json()))
+  return config_checks.dotted_leaves(json.loads(config.to_json()))
 
 
 def shared_fields(config: ml_collections.ConfigDict) -> str:
@@ -261,7 +251,7 @@ def population_dir(root: str, workdirs: Sequence[str]) -> str:
 def config_differences(expected: ml_collections.ConfigDict, stored: dict[str, Any]) -> list[str]:
   """Dotted names of the fields where a stored results' config differs from `expected`."""
   want = config_fields(expected)
-  have = _flatten(stored)
+  have = config_checks.dotted_leaves(stored)
   return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
 
 

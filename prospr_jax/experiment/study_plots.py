@@ -47,6 +47,26 @@ def _nan_to_zero(x: float) -> float:
   return 0.0 if math.isnan(x) else x
 
 
+def _sparsity_axis(ax: Any, sparsities: Sequence[float]) -> None:
+  """Log x axis of the remaining-weight fraction, inverted (sparser to the right), one tick per
+  sparsity; fixed before plotting, so a single sparsity is not autoscaled."""
+  ax.set_xscale("log")
+  if sparsities:
+    remaining = [1.0 - s for s in sparsities]
+    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)
+    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
+    ax.minorticks_off()
+
+
+def _finish(fig: Figure, ax: Any, path: str, xlabel: str, ylabel: str) -> None:
+  """Labels, grid and legend of a line plot, saved to `path`."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize="small", ncols=2)
+  fig.savefig(path, dpi=120)
+
+
 def collapsed(record: Record) -> bool:
   """Whether a pruned run's network is cut: a layer kept no weight on an input-output path."""
   return float(record["sparsity"]) > 0 and bool(record.get("num_disconnected_layers"))
@@ -83,12 +103,7 @@ def plot_accuracy_vs_sparsity(records: Sequence[Record], path: str,
   methods, sparsities = ordered_methods(records), ordered_sparsities(records)
   colors = _method_colors(methods)
   fig, ax = _new_figure(7.0, 4.5)
-  ax.set_xscale("log")
-  if sparsities:  # fixed before plotting: no autoscaling of a single sparsity
-    remaining = [1.0 - s for s in sparsities]
-    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)  # inverted: sparser to the right
-    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
-    ax.minorticks_off()
+  _sparsity_axis(ax, sparsities)
   for m in methods:
     points = [(1.0 - s, stats[(m, s)]) for s in sparsities if (m, s) in stats]
     if not points:
@@ -106,11 +121,7 @@ def plot_accuracy_vs_sparsity(records: Sequence[Record], path: str,
     ax.axhspan(dense.mean - spread, dense.mean + spread, color="black", alpha=0.08, lw=0)
   _informative_ylim(ax, [100 * float(r[metric]) for r in kept if r.get(metric) is not None])
   _mark_collapsed(ax, records, lambda r: 1.0 - float(r["sparsity"]), metric, colors)
-  ax.set_xlabel("sparsity (log scale of remaining weights); x: a collapsed run")
-  ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize="small", ncols=2)
-  fig.savefig(path, dpi=120)
+  _finish(fig, ax, path, "sparsity (log scale of remaining weights); x: a collapsed run", f"{metric.replace('_', ' ')} (%)")
 
 
 def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
@@ -143,11 +154,7 @@ def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
                 min(100 * r["effective_density_total"] for r in runs) / 1.25)
   _informative_ylim(ax, [100 * float(r[metric]) for r in kept])
   _mark_collapsed(ax, runs, lambda r: 100 * r["effective_density_total"], metric, colors)
-  ax.set_xlabel("effective density (% of prunable weights on an input-output path, log)")
-  ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize="small", ncols=2)
-  fig.savefig(path, dpi=120)
+  _finish(fig, ax, path, "effective density (% of prunable weights on an input-output path, log)", f"{metric.replace('_', ' ')} (%)")
 
 
 def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
@@ -158,13 +165,7 @@ def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
   arms = list(dict.fromkeys(c.arm for c in comparisons))
   colors = _method_colors(arms)
   fig, ax = _new_figure(7.0, 4.5)
-  ax.set_xscale("log")
-  sparsities = sorted({c.sparsity for c in comparisons})
-  if sparsities:
-    remaining = [1.0 - s for s in sparsities]
-    ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)
-    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
-    ax.minorticks_off()
+  _sparsity_axis(ax, sorted({c.sparsity for c in comparisons}))
   for i, arm in enumerate(arms):
     mine = sorted((c for c in comparisons if c.arm == arm), key=lambda c: c.sparsity)
     shift = 1.0 + 0.02 * (i - (len(arms) - 1) / 2)  # side by side, not on top of each other
@@ -177,11 +178,7 @@ def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
       ax.plot(xi, c.mean, marker="o", ms=5, color=colors[arm],
               fillstyle="none" if c.verdict == "indistinguishable" else "full")
   ax.axhline(0.0, color="black", ls="--", lw=1.0)
-  ax.set_xlabel("sparsity; filled marker: the corrected interval excludes 0")
-  ax.set_ylabel(f"{reference} minus arm (points)")
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize="small", ncols=2)
-  fig.savefig(path, dpi=120)
+  _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0", f"{reference} minus arm (points)")
 
 
 def layer_densities(records: Sequence[Record], sparsity: float
