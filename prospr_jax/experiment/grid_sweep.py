@@ -11,7 +11,7 @@ into `<root>/all_results.json` (one record per run, with per-layer densities) an
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
 Populations (`run_sweep(..., population_size=P)`): the points whose configs differ only in
-`MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are trained in
+`run_grouping.MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are trained in
 groups of at most P by one program (`prospr_jax.experiment.population_sweep`); each member
 writes its own `results.json` as a single run does. Points that differ in anything else (model,
 batch size, epochs, optimizer, ...) are never grouped together.
@@ -36,7 +36,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from prospr_jax.experiment import atomic_files, config_checks
+from prospr_jax.experiment import atomic_files, config_checks, run_grouping
 
 DENSE = "dense"
 """Method name of the unpruned baseline (same as `prospr_jax.experiment.train.DENSE`)."""
@@ -63,12 +63,6 @@ ARM_MODIFIERS: dict[str, tuple[str, Any]] = {
 }
 """Arm modifier -> (dotted config field, value); `x2` multiplies the field by its value."""
 _MULTIPLY = ("x2",)
-
-MEMBER_FIELDS = ("seed", "sweep_arm", "prune.method", "prune.sparsity", "prune.allocation",
-                 "prune.sanity_check")
-"""Dotted config fields in which the members of one population may differ (they change only
-the masks, the initialization and the data order); all other fields must be equal."""
-
 
 def parse_arm(arm: str) -> tuple[str, list[str]]:
   """`'prospr+shuffle'` -> `('prospr', ['shuffle'])`.
@@ -211,19 +205,6 @@ def read_results(workdir: str) -> dict[str, Any] | None:
   return results if isinstance(results, dict) else None
 
 
-def config_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """`{'prune.method': 'snip', ...}`: every leaf field of `config` by its dotted name."""
-  return config_checks.dotted_leaves(json.loads(config.to_json()))
-
-
-def shared_fields(config: ml_collections.ConfigDict) -> str:
-  """`config`'s fields outside `MEMBER_FIELDS` as canonical JSON: the runs of equal strings
-  may train as one population."""
-  fields = config_fields(config)
-  return json.dumps({k: v for k, v in fields.items() if k not in MEMBER_FIELDS}, sort_keys=True,
-                    default=str)
-
-
 def group_points(config: ml_collections.ConfigDict, points: Iterable[GridPoint],
                  population_size: int) -> list[list[GridPoint]]:
   """`points` in groups of at most `population_size` whose configs (`point_config`) share
@@ -236,7 +217,7 @@ def group_points(config: ml_collections.ConfigDict, points: Iterable[GridPoint],
     raise ValueError(f"population_size={population_size} must be at least 1.")
   by_fields: dict[str, list[GridPoint]] = {}
   for point in points:
-    by_fields.setdefault(shared_fields(point_config(config, point)), []).append(point)
+    by_fields.setdefault(run_grouping.shared_fields(point_config(config, point)), []).append(point)
   return [group[i:i + population_size] for group in by_fields.values()
           for i in range(0, len(group), population_size)]
 
@@ -250,7 +231,7 @@ def population_dir(root: str, workdirs: Sequence[str]) -> str:
 
 def config_differences(expected: ml_collections.ConfigDict, stored: dict[str, Any]) -> list[str]:
   """Dotted names of the fields where a stored results' config differs from `expected`."""
-  want = config_fields(expected)
+  want = run_grouping.config_fields(expected)
   have = config_checks.dotted_leaves(stored)
   return sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
 

@@ -1,7 +1,7 @@
 """Train several sweep runs as one population: `train_population(configs, workdirs, pop_dir)`.
 
 The runs of a sweep that differ only in their pruning (method, sparsity, allocation, sanity
-check) and seed (`grid_sweep.MEMBER_FIELDS`) share the model, data, optimizer and schedule:
+check) and seed (`run_grouping.MEMBER_FIELDS`) share the model, data, optimizer and schedule:
 they are trained together by one jitted step (`prospr_jax.experiment.population`). Each
 member is pruned by its own method exactly as a single run is (`train.prune_and_start`: same
 initialization, pruning batches and `masks.npz`), trains on the batches a single run with its seed gets
@@ -38,7 +38,7 @@ import orbax.checkpoint as ocp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.experiment import (
-    atomic_files, distributed, epoch_metrics, grid_sweep, population, run_data, run_plan, train)
+    atomic_files, distributed, epoch_metrics, population, run_data, run_grouping, run_plan, train)
 from prospr_jax.experiment.data import device_batches, device_data
 from prospr_jax.experiment.train_step import TrainState, learning_rate_schedule
 
@@ -70,13 +70,13 @@ def check_population_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
-  """Raises ValueError naming the first field outside `grid_sweep.MEMBER_FIELDS` in which two
+  """Raises ValueError naming the first field outside `run_grouping.MEMBER_FIELDS` in which two
   differ."""
-  first = grid_sweep.config_fields(configs[0])
+  first = run_grouping.config_fields(configs[0])
   for index, config in enumerate(configs[1:], start=1):
-    flat = grid_sweep.config_fields(config)
+    flat = run_grouping.config_fields(config)
     differ = sorted(k for k in set(first) | set(flat)
-                    if k not in grid_sweep.MEMBER_FIELDS and first.get(k) != flat.get(k))
+                    if k not in run_grouping.MEMBER_FIELDS and first.get(k) != flat.get(k))
     if differ:
       raise ValueError(f"Run {index} cannot join run 0's population: config.{differ[0]} differs "
                        f"({flat.get(differ[0])!r} vs {first.get(differ[0])!r}).")
@@ -115,7 +115,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   results (also written to each `<workdir>/results.json`). See the module docstring.
 
   Args:
-    configs: run configs that differ only in `grid_sweep.MEMBER_FIELDS`.
+    configs: run configs that differ only in `run_grouping.MEMBER_FIELDS`.
     workdirs: each run's directory (`config.json`, `masks.npz`, `results.json`).
     pop_dir: the population's directory (its checkpoints).
     formulation: 'vmap' or 'unrolled'; None: `population.default_formulation()`.
