@@ -11,8 +11,8 @@ into `<root>/all_results.json` (one record per run, with per-layer densities) an
 `<root>/all_results.csv` (the same records without the per-layer densities).
 
 Populations (`run_sweep(..., population_size=P)`): the points whose configs differ only in
-`run_grouping.MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are trained in
-groups of at most P by one program (`prospr_jax.experiment.population_sweep`); each member
+`run_grouping.MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are
+trained in groups of at most P by one program (`prospr_jax.experiment.population_sweep`); each member
 writes its own `results.json` as a single run does. Points that differ in anything else (model,
 batch size, epochs, optimizer, ...) are never grouped together.
 

@@ -4,8 +4,8 @@ The runs of a sweep that differ only in their pruning (method, sparsity, allocat
 check) and seed (`run_grouping.MEMBER_FIELDS`) share the model, data, optimizer and schedule:
 they are trained together by one jitted step (`prospr_jax.experiment.population`). Each
 member is pruned by its own method exactly as a single run is (`train.prune_and_start`: same
-initialization, pruning batches and `masks.npz`), trains on the batches a single run with its seed gets
-(`data.device_batches`), and writes the `results.json` a single run writes
+initialization, pruning batches and `masks.npz`), trains on the batches a single run with its
+seed gets (`data.device_batches`), and writes the `results.json` a single run writes
 (`train.results_dict`: config, accuracy, density, connectivity, history, provenance), so
 collections and reports read members and single runs alike. A member's params agree with its
 single run's to float32 rounding (XLA fuses the population's program differently), so its

@@ -121,7 +121,8 @@ def plot_accuracy_vs_sparsity(records: Sequence[Record], path: str,
     ax.axhspan(dense.mean - spread, dense.mean + spread, color="black", alpha=0.08, lw=0)
   _informative_ylim(ax, [100 * float(r[metric]) for r in kept if r.get(metric) is not None])
   _mark_collapsed(ax, records, lambda r: 1.0 - float(r["sparsity"]), metric, colors)
-  _finish(fig, ax, path, "sparsity (log scale of remaining weights); x: a collapsed run", f"{metric.replace('_', ' ')} (%)")
+  _finish(fig, ax, path, "sparsity (log scale of remaining weights); x: a collapsed run",
+          f"{metric.replace('_', ' ')} (%)")
 
 
 def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
@@ -154,7 +155,9 @@ def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
                 min(100 * r["effective_density_total"] for r in runs) / 1.25)
   _informative_ylim(ax, [100 * float(r[metric]) for r in kept])
   _mark_collapsed(ax, runs, lambda r: 100 * r["effective_density_total"], metric, colors)
-  _finish(fig, ax, path, "effective density (% of prunable weights on an input-output path, log)", f"{metric.replace('_', ' ')} (%)")
+  _finish(fig, ax, path,
+          "effective density (% of prunable weights on an input-output path, log)",
+          f"{metric.replace('_', ' ')} (%)")
 
 
 def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
