@@ -12,9 +12,9 @@ into `<root>/all_results.json` (one record per run, with per-layer densities) an
 
 Populations (`run_sweep(..., population_size=P)`): the points whose configs differ only in
 `run_grouping.MEMBER_FIELDS` (pruning method, sparsity, allocation, sanity check, seed) are
-trained in groups of at most P by one program (`prospr_jax.experiment.population_sweep`); each member
-writes its own `results.json` as a single run does. Points that differ in anything else (model,
-batch size, epochs, optimizer, ...) are never grouped together.
+trained in groups of at most P by one program (`prospr_jax.experiment.population_sweep`);
+each member writes its own `results.json` as a single run does. Points that differ in anything
+else (model, batch size, epochs, optimizer, ...) are never grouped together.
 
 `experiments/sweep.py` is the command-line front end; `prospr_jax.experiment.study_report`
 turns the collection into a table and plots.

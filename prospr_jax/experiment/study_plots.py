@@ -181,7 +181,8 @@ def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
       ax.plot(xi, c.mean, marker="o", ms=5, color=colors[arm],
               fillstyle="none" if c.verdict == "indistinguishable" else "full")
   ax.axhline(0.0, color="black", ls="--", lw=1.0)
-  _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0", f"{reference} minus arm (points)")
+  _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0",
+          f"{reference} minus arm (points)")
 
 
 def layer_densities(records: Sequence[Record], sparsity: float
