@@ -17,7 +17,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.stats
 
 from prospr_jax.experiment import study_plots, study_statistics
 from prospr_jax.experiment.grid_sweep import DENSE, parse_arm
@@ -118,12 +117,8 @@ class Interval:
 
 def mean_interval(values: Sequence[float]) -> Interval:
   """Mean of `values` and its two-sided `CONFIDENCE` Student-t interval."""
-  x = np.asarray(values, dtype=np.float64)
-  mean = float(np.mean(x))
-  if x.size < 2:
-    return Interval(mean, math.nan, math.nan, int(x.size))
-  half = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, x.size - 1) * np.std(x, ddof=1) / math.sqrt(x.size)
-  return Interval(mean, mean - half, mean + half, int(x.size))
+  low, high = study_statistics.t_interval(values, CONFIDENCE)
+  return Interval(float(np.mean(values)), low, high, len(values))
 
 
 def paired_differences(records: Sequence[Record], reference: str | None = None,

@@ -88,7 +88,7 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
   return adjusted.tolist()
 
 
-def _interval(differences: Sequence[float], confidence: float) -> tuple[float, float]:
+def t_interval(differences: Sequence[float], confidence: float) -> tuple[float, float]:
   """Two-sided Student-t interval of the mean at `confidence` (NaN, NaN for n < 2)."""
   x = np.asarray(differences, np.float64)
   if x.size < 2:
@@ -107,7 +107,7 @@ def correct_family(differences: dict[tuple[str, float], list[float]]) -> list[Co
   out = []
   for (arm, sparsity), p, holm in zip(keys, p_values, holm_adjust(p_values)):
     d = differences[(arm, sparsity)]
-    low, high = _interval(d, confidence)
+    low, high = t_interval(d, confidence)
     out.append(Comparison(arm, sparsity, float(np.mean(d)), low, high, len(d), p, holm))
   return out
 
