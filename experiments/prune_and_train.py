@@ -3,9 +3,10 @@ r"""Prune a network at initialization, train it, print its test accuracy.
   python experiments/prune_and_train.py --config=configs/default.py --workdir=/tmp/prospr \
       --config.prune.method=snip --config.prune.sparsity=0.95
 
-Prints a progress line every `config.train.log_every_steps` steps and a summary at the end
-(exits with status 1 and a message if the training loss became NaN or inf);
-the INFO logs of JAX, orbax and tfds are hidden unless `--verbosity=0` (or higher).
+Prints a progress line every `config.train.log_every_steps` steps and a summary at the end;
+the INFO logs of JAX, orbax and tfds are hidden unless `--verbosity=0` (or higher). Exits with
+status 1 and one line if the config cannot run or the workdir holds another run's config
+(before anything is written), and with a message if the training loss became NaN or inf.
 """
 
 import pathlib
@@ -17,7 +18,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import command_line, compile_cache, progress, prune_config, train
+from prospr_jax.experiment import (
+    command_line, compile_cache, config_checks, progress, prune_config, train)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where config, masks and results are written.")
 command_line.define_config_file("configs/default.py", "Experiment configuration.")
@@ -39,7 +41,10 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   progress.show_on(sys.stderr)
-  results = train.train_and_evaluate(config, _WORKDIR.value)
+  try:
+    results = train.train_and_evaluate(config, _WORKDIR.value)
+  except config_checks.ConfigError as e:
+    raise SystemExit(f"ERROR: {e}") from None
   if results["diverged"]:
     raise SystemExit(f"Training diverged: the loss of step {results['diverged']['step']} is not "
                      f"finite (NaN or inf); {_WORKDIR.value}/results.json records the epochs "

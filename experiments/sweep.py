@@ -12,6 +12,9 @@ rewritten; `experiments/report.py` makes the table and plots from `all_results.j
 check and seed together, P at a time, in one program each (`population_sweep`; in-memory data
 sets, one process); 0 (the default) picks P for the platform (8 on CPU, 32 on GPU/TPU), 1
 trains every run alone. Members write the same results as single runs.
+
+Every point's config is checked before any run starts: a bad field ends the sweep at once
+with status 1 and one line naming the point and the field.
 """
 
 import pathlib
@@ -22,7 +25,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from prospr_jax.experiment import compile_cache, grid_sweep, population_sweep
+from prospr_jax.experiment import (
+    compile_cache, config_checks, distributed, grid_sweep, population_sweep, run_plan)
 from prospr_jax.saliency import registry
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Root directory of the sweep.")
@@ -64,6 +68,11 @@ def main(argv):
       population_sweep.check_population_config(config)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
+  try:
+    run_plan.check_runs(((str(p), grid_sweep.point_config(config, p)) for p in points),
+                        distributed.data_mesh())
+  except config_checks.ConfigError as e:
+    raise SystemExit(f"ERROR: {e}") from None
   summary = grid_sweep.run_sweep(config, _WORKDIR.value, points, max_runs=_MAX_RUNS.value,
                                  population_size=population_size)
   logging.info("Sweep of %d runs: %d run now, %d already done, %d failed, %d left. Results: %s",

@@ -102,13 +102,41 @@ def test_the_binary_names_an_unknown_field_and_lists_the_valid_ones(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_the_binary_refuses_a_zero_interval_before_any_work(tmp_path, fashion_mnist_data_dir):
+def test_the_binary_refuses_a_zero_interval_in_one_line_before_any_work(
+    tmp_path, fashion_mnist_data_dir):
   proc = _binary(tmp_path / "run", f"--config.data_dir={fashion_mnist_data_dir}",
                  "--config.train.checkpoint_every_steps=0")
-  assert proc.returncode != 0
-  assert "config.train.checkpoint_every_steps=0 must be >= 1" in proc.stderr
-  assert "ZeroDivisionError" not in proc.stderr
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines()[-1] == (
+      "ERROR: config.train.checkpoint_every_steps=0 must be >= 1.")
+  assert "Traceback" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_the_binary_refuses_another_runs_workdir_in_one_line(tmp_path, fashion_mnist_data_dir):
+  workdir = tmp_path / "run"
+  train.claim_workdir(_config(fashion_mnist_data_dir, **{"train.num_epochs": 3}), str(workdir))
+  proc = _binary(workdir, f"--config.data_dir={fashion_mnist_data_dir}")
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines()[-1].startswith(
+      f"ERROR: {workdir} holds a run with a different config: train.num_epochs: 3 (workdir) vs 1 "
+      "(this run). Use another --workdir")
+  assert "Traceback" not in proc.stderr
+
+
+def test_the_sweep_checks_every_point_before_any_run(tmp_path, fashion_mnist_data_dir):
+  """A bad value in the grid's second seed stops the sweep before the first seed's runs,
+  naming the point."""
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / "experiments" / "sweep.py"),
+       f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={tmp_path / 'sweep'}",
+       f"--config.data_dir={fashion_mnist_data_dir}", "--methods=snip", "--sparsities=0.9",
+       "--seeds=0,-1"],
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 1
+  assert proc.stderr.splitlines()[-1] == "ERROR: dense seed=-1: config.seed=-1 must be >= 0."
+  assert not (tmp_path / "sweep").exists()
 
 
 def _damage_checkpoint(workdir: pathlib.Path, step: int) -> None:

@@ -11,6 +11,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
+class ConfigError(ValueError, TypeError):
+  """A run refused before any work: a bad config field (wrong type or range, unknown name), a
+  derived quantity out of range, a missing data set, or a workdir holding another run's config.
+
+  It is both a ValueError and a TypeError, so code catching the error of the underlying check
+  still does; its message is the whole explanation (binaries print it as one line).
+  """
+
 
 def check_int(name: str, value: Any, minimum: int, *, also: tuple[int, ...] = ()) -> None:
   """Raises TypeError unless `value` is an int (not a bool), ValueError unless it is at least

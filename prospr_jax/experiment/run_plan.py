@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import flax.linen as nn
 import ml_collections
@@ -164,3 +165,17 @@ def plan_run(config: ml_collections.ConfigDict, mesh: Mesh) -> RunPlan:
           checkpoint_every_steps=tc.checkpoint_every_steps,
       ),
   )
+
+
+def check_runs(configs: Iterable[tuple[str, ml_collections.ConfigDict]], mesh: Mesh) -> None:
+  """Checks every `(label, config)` pair with `plan_run` before any of them runs (a sweep's
+  grid points, say), so a bad field stops a sweep at once instead of failing each point.
+
+  Raises:
+    config_checks.ConfigError: the first config `plan_run` refuses, its label prefixed.
+  """
+  for label, config in configs:
+    try:
+      plan_run(config, mesh)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+      raise config_checks.ConfigError(f"{label}: {e}") from e

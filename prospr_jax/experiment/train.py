@@ -298,6 +298,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   the history of the epochs before it, and `final_test_top1`/`final_test_top5` None (the
   network is not evaluated); `best_test_top1` is the best of the earlier evaluations (None if
   none). Runs that did not diverge record `'diverged': None`.
+
+  Raises:
+    config_checks.ConfigError: the config cannot run (`run_plan.plan_run`: a bad field, the data
+      set missing) or `workdir` holds another config; nothing is written.
   """
   plan, mesh = _set_up(config, workdir)
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(plan.seed))
@@ -324,8 +328,11 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.R
   and claims `workdir` for it; returns the run's plan and the mesh of all devices."""
   distributed.initialize_distributed(config.distributed)
   mesh = distributed.data_mesh()
-  plan = run_plan.plan_run(config, mesh)
-  claim_workdir(config, workdir)
+  try:
+    plan = run_plan.plan_run(config, mesh)
+    claim_workdir(config, workdir)
+  except (ValueError, TypeError, FileNotFoundError) as e:
+    raise config_checks.ConfigError(str(e)) from e
   info = plan.data.info
   report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
           info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())
