@@ -5,6 +5,7 @@ temp files are left behind, and a peer that never starts times out with a messag
 import glob
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from configs import test as test_config
 from conftest import TinyBNCNN, make_batches, mlp_loss, mlp_params
 from prospr_jax import models
 from prospr_jax.adapters import LinenLoss
-from prospr_jax.experiment import distributed, train
+from prospr_jax.experiment import distributed, peer_watch, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _FAST_S = 30.0
@@ -255,6 +256,45 @@ def test_a_peer_that_never_starts_times_out_naming_the_coordinator(tmp_path):
           "did not all connect to it. Start the same command on every host") in proc.stderr
   assert "Check failure stack trace" not in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_peer_killed_mid_run_stops_the_survivor_in_seconds_with_one_line(
+    tmp_path, fashion_mnist_data_dir):
+  """Process 1 of a two-process run is killed once the first checkpoint is written: process 0
+  exits with status 1 and one line naming process 1 and the step, well before JAX's own
+  heartbeat timeout would abort it with C++ logs."""
+  workdir, port = tmp_path / "run", process_group.free_port()
+  commands = [
+      [sys.executable, str(ROOT / "experiments" / "prune_and_train.py"),
+       f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}",
+       f"--config.data_dir={fashion_mnist_data_dir}", "--config.train.num_epochs=50",
+       "--config.train.checkpoint_every_steps=20", "--config.distributed.enabled=True",
+       f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+       "--config.distributed.heartbeat_timeout_s=5"] for i in range(2)]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True) for c in commands]
+  try:
+    deadline = time.monotonic() + 300
+    while not (workdir / "checkpoints" / "20").is_dir():
+      assert time.monotonic() < deadline and procs[0].poll() is None, procs[0].stderr.read()
+      time.sleep(0.2)
+    procs[1].kill()
+    killed = time.monotonic()
+    _, err = procs[0].communicate(timeout=120)
+    stopped_s = time.monotonic() - killed
+  finally:
+    for proc in procs:
+      proc.kill()
+      proc.communicate()
+  assert procs[0].returncode == 1, err[-3000:]
+  assert stopped_s < 5 + peer_watch.JAX_HEARTBEAT_MARGIN_S, stopped_s
+  assert re.fullmatch(
+      r"ERROR: process 1 of the 2-process run stopped around step \d+: no heartbeat for 5 s "
+      r"\(config.distributed.heartbeat_timeout_s\). Process 0 stops too. Rerun the same "
+      r"command on every host to resume from the latest checkpoint.", err.splitlines()[-1])
+  assert "Check failure stack trace" not in err and "Traceback" not in err
 
 
 def test_a_timeout_below_one_second_is_refused():

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from prospr_jax.experiment import config_checks
+from prospr_jax.experiment import config_checks, peer_watch
 from prospr_jax.tree_types import PyTree
 
 DATA_AXIS = "data"
@@ -49,8 +49,10 @@ def initialize_distributed(config: Mapping[str, Any]) -> None:
   Calls `jax.distributed.initialize` with the fields of `CLUSTER_FIELDS` that are not None;
   those left None are detected from the environment (Cloud TPU, SLURM, Open MPI, ...). A
   process that has not joined every other one within `initialization_timeout_s` seconds exits
-  with status 1 after one message (`_exit_unless_joined`); once joined, a process that sends no
-  heartbeat for `heartbeat_timeout_s` seconds (killed, host down) stops the others.
+  with status 1 after one message (`_exit_unless_joined`). Once joined, a process that sends no
+  heartbeat for `heartbeat_timeout_s` seconds (killed, host down) stops the others: with one
+  line inside `peer_watch.watching_peers`, else through JAX's own heartbeat timeout
+  (`peer_watch.JAX_HEARTBEAT_MARGIN_S` later).
 
   Raises:
     ValueError: a cluster field is set while `enabled` is False (it would be ignored); a bad
@@ -74,7 +76,7 @@ def initialize_distributed(config: Mapping[str, Any]) -> None:
   try:
     jax.distributed.initialize(
         **given, initialization_timeout=timeout_s + _JAX_TIMEOUT_MARGIN_S,
-        heartbeat_timeout_seconds=config["heartbeat_timeout_s"])
+        heartbeat_timeout_seconds=config["heartbeat_timeout_s"] + peer_watch.JAX_HEARTBEAT_MARGIN_S)
   finally:
     watchdog.cancel()
   _connect_collectives(data_mesh())

@@ -22,8 +22,8 @@ from prospr_jax import models, structured
 from prospr_jax.adapters import LinenApply, LinenLoss
 from prospr_jax.analysis import connectivity, sanity
 from prospr_jax.experiment import (
-    atomic_files, config_checks, distributed, epoch_metrics, progress, provenance, prune_config,
-    run_data, run_plan)
+    atomic_files, config_checks, distributed, epoch_metrics, peer_watch, progress, provenance,
+    prune_config, run_data, run_plan)
 from prospr_jax.experiment.data import DatasetInfo, device_data
 from prospr_jax.experiment.scalar_summaries import ScalarWriter
 from prospr_jax.experiment.train_step import (
@@ -304,6 +304,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       set missing) or `workdir` holds another config; nothing is written.
   """
   plan, mesh = _set_up(config, workdir)
+  with peer_watch.watching_peers(config.distributed.heartbeat_timeout_s) as watch:
+    return _prune_train_and_report(config, workdir, plan, mesh, watch)
+
+
+def _prune_train_and_report(config: ml_collections.ConfigDict, workdir: str,
+                            plan: run_plan.RunPlan, mesh: Mesh,
+                            watch: peer_watch.PeerWatch) -> dict[str, Any]:
+  """`train_and_evaluate` after its set-up: prunes (or resumes), trains, writes the results."""
   init_key, prune_key = jax.random.split(jax.random.PRNGKey(plan.seed))
   variables, train_variables = initial_variables(plan, init_key, mesh)
   schedule = learning_rate_schedule(plan.train.hyperparams, plan.train.steps_per_epoch)
@@ -317,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer = (ScalarWriter(os.path.join(workdir, "tensorboard"))
             if jax.process_index() == 0 else None)
   _write_summaries(writer, 0, density)
-  _train(plan, state, meta, schedule, manager, writer, data)
+  _train(plan, state, meta, schedule, manager, writer, data, watch)
   if writer is not None:
     writer.close()
   return _write_results(config, workdir, plan.data.info, density, meta)
@@ -413,12 +421,13 @@ def _train(
     manager: ocp.CheckpointManager,
     writer: ScalarWriter | None,
     data: run_data.RunData,
+    watch: peer_watch.PeerWatch,
 ) -> None:
   """Trains from `state` to `plan.train.total_steps`, evaluating at the ends of epochs and
   checkpointing (the trained state is the last checkpoint); appends the epochs' records to
   `meta['history']`, folds the steps' metrics into `meta['epoch_sums']` and adds the time spent
   to `meta['train_seconds']` (all checkpointed with the state). Stops at a non-finite loss,
-  setting `meta['diverged']` (see `train_and_evaluate`)."""
+  setting `meta['diverged']` (see `train_and_evaluate`). Tells `watch` each step reached."""
   tp = plan.train
   first_step = int(state.step)
   batches = data.train_batches(first_step)
@@ -426,6 +435,7 @@ def _train(
   start, pending = time.perf_counter(), []
   for step in range(first_step + 1, tp.total_steps + 1):
     state, m = train_step(state, next(batches))
+    watch.step = step
     pending.append(m)
     if step % tp.log_every_steps == 0:
       line, rate = meter.line(step, float(m["loss"]))
