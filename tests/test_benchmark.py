@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +162,19 @@ def test_interleaved_median_ms_times_every_call_after_a_warm_up():
 def test_a_record_refuses_measurements_named_like_its_own_keys():
   with pytest.raises(ValueError, match=r"\[.config., .device.\]"):
     result_record.new_record("x", {}, config={}, device="cpu")
+
+
+def test_interleaved_timings_tell_a_busy_core_from_a_waiting_one():
+  """A call that spins in Python keeps about one core busy; one that sleeps keeps none."""
+
+  def spin():
+    end = time.perf_counter() + 0.05
+    while time.perf_counter() < end:
+      pass
+
+  timings = timing.interleaved_timings({"spin": spin, "sleep": lambda: time.sleep(0.05)},
+                                       repeats=3)
+  assert timings["spin"].ms >= 50 and timings["sleep"].ms >= 50
+  # Under load the spinning thread may be descheduled, so allow a wide margin below 1 core.
+  assert 0.5 < timings["spin"].cores_busy < 1.1
+  assert timings["sleep"].cores_busy < 0.2

@@ -7,7 +7,8 @@ setting is compiled (its compile time and peak memory per member recorded), then
 in turn runs `steps` consecutive steps per timed call (`timing.interleaved_median_ms`), so that
 background load hits them alike. Reported: ms per population step, member steps per second,
 and that throughput relative to P = 1 unrolled: one run alone with its batches computed on the
-device, i.e. P runs one after another.
+device, i.e. P runs one after another. Each row also says how many CPU cores the process kept
+busy while stepping: on a CPU, a population can only speed up what one run leaves idle.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def run_population_benchmark(
 ) -> dict[str, Any]:
   """Runs every setting; returns a 'population' `result_record` whose 'rows' are
   `{'model', 'formulation', 'size', 'compile_s', 'ms_per_step', 'member_steps_per_s',
-  'vs_single_run', 'peak_mib_per_member'}`."""
+  'vs_single_run', 'cores_busy', 'peak_mib_per_member'}` (`cores_busy`: CPU cores the
+  process kept busy while stepping, `timing.RunTiming`)."""
   if 1 not in sizes:
     raise ValueError("sizes must include 1: P = 1 unrolled is the single-run baseline.")
   rng = np.random.default_rng(0)
@@ -93,16 +95,17 @@ def run_population_benchmark(
         compiled[model_name, formulation, size] = call
         calls[model_name, formulation, size] = _Training(call.executable, population, split,
                                                          steps)
-  run_ms = timing.interleaved_median_ms(calls, repeats)
+  timings = timing.interleaved_timings(calls, repeats)
   rows = []
-  for (model_name, formulation, size), ms in run_ms.items():
-    per_step = ms / steps
-    single = run_ms[model_name, "unrolled", 1] / steps
+  for (model_name, formulation, size), run in timings.items():
+    per_step = run.ms / steps
+    single = timings[model_name, "unrolled", 1].ms / steps
     call = compiled[model_name, formulation, size]
     rows.append({
         "model": model_name, "formulation": formulation, "size": size,
         "compile_s": call.compile_s, "ms_per_step": per_step,
         "member_steps_per_s": 1e3 * size / per_step, "vs_single_run": size * single / per_step,
+        "cores_busy": run.cores_busy,
         "peak_mib_per_member": timing.memory_stats(call.executable)["peak"]
         / timing.BYTES_PER_MIB / size})
   config = {"model_names": list(model_names), "sizes": list(sizes), "batch_size": batch_size,
@@ -118,9 +121,10 @@ def format_population_report(record: dict[str, Any]) -> str:
            f"{cfg['repeats']} x {cfg['steps']} steps; vs single run = member throughput / that "
            "of P = 1 unrolled",
            f"{'model':<14} {'formulation':<11} {'P':>3} {'compile s':>10} {'ms/step':>9} "
-           f"{'member steps/s':>15} {'vs single run':>14} {'peak MiB/member':>16}"]
+           f"{'member steps/s':>15} {'vs single run':>14} {'cores busy':>11} "
+           f"{'peak MiB/member':>16}"]
   lines += [f"{r['model']:<14} {r['formulation']:<11} {r['size']:>3} {r['compile_s']:>10.1f} "
             f"{r['ms_per_step']:>9.2f} {r['member_steps_per_s']:>15.0f} "
-            f"{r['vs_single_run']:>13.2f}x {r['peak_mib_per_member']:>16.1f}"
+            f"{r['vs_single_run']:>13.2f}x {r['cores_busy']:>11.2f} {r['peak_mib_per_member']:>16.1f}"
             for r in record["rows"]]
   return "\n".join(lines)
