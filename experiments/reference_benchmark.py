@@ -28,7 +28,10 @@ no-op, so it stays on the GPU. The training step is their loop's body (SGD lr 0.
 weights pruned at random). Each job runs once as a warm-up, then --repeats times; its median
 wall time (after `torch.cuda.synchronize`) is written as one JSON line appended to --output as
 soon as it is measured, so a run stopped by a time limit keeps what it measured. Jobs that
-would start after --budget_s are written as skipped.
+would start after --budget_s are written as skipped. With --repeats=0 each job runs just once,
+untimed (`"run_ms": null`, `"times_ms": []`): the wall time of such a process with one `prospr`
+job is the authors' eager time from process start to scores (import torch, build the network,
+one call of their `prune`), which experiments/cold_start_benchmark.py measures.
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ def train_step_call(job: dict[str, Any], ref: tuple, dev: torch.device) -> Calla
 
 def timed_ms(call: Callable[[], Any], repeats: int, dev: torch.device) -> dict[str, Any]:
   """One warm-up, then `repeats` timed calls: their median and all times (ms), and the peak
-  GPU memory allocated during the timed calls (MiB; None on the CPU)."""
+  GPU memory allocated during the timed calls (MiB; None on the CPU). With `repeats` 0 only the
+  untimed call runs: the median and the peak are None, the times empty."""
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
   call()
   sync()
@@ -177,6 +181,8 @@ def timed_ms(call: Callable[[], Any], repeats: int, dev: torch.device) -> dict[s
     call()
     sync()
     times.append(1e3 * (time.perf_counter() - start))
+  if not times:
+    return {"run_ms": None, "times_ms": [], "peak_mib": None}
   peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
   return {"run_ms": statistics.median(times), "times_ms": times, "peak_mib": peak}
 
@@ -223,12 +229,15 @@ def main() -> None:
   parser.add_argument("--plan", required=True, help="JSON file with the list of jobs.")
   parser.add_argument("--output", required=True, help="JSON-lines file to append to.")
   parser.add_argument("--ref_dir", default="third_party_ref", type=pathlib.Path)
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=3,
+                      help="Timed calls per job after the warm-up; 0: the warm-up call alone.")
   parser.add_argument("--budget_s", type=float, default=float("inf"),
                       help="Start no job after this many seconds.")
   parser.add_argument("--threads", type=int, default=None,
                       help="torch.set_num_threads (CPU threads); default: torch's own.")
   args = parser.parse_args()
+  if args.repeats < 0:
+    parser.error(f"--repeats must be >= 0, got {args.repeats}.")
   if args.threads:
     torch.set_num_threads(args.threads)
   start = time.perf_counter()

@@ -27,6 +27,9 @@ One module (or two: measurements, then the printout) per suite:
                                (experiments/remat_memory_report.py)
   time_to_mask                 ProsPr's compile and run time per inner-loop form (unrolled or
                                scan) and k (experiments/time_to_mask_benchmark.py)
+  cold_start                   prune_and_train.py's seconds from process start to its mask,
+                               empty and warm compilation cache, beside the authors' code
+                               (experiments/cold_start_benchmark.py)
 
 The authors' PyTorch code is timed by experiments/reference_benchmark.py, which is not part of
 this package: it runs under a Python with torch and without jax, and importing any module of
