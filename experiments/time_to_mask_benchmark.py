@@ -10,6 +10,8 @@ at trace time; n: a `lax.scan` unrolling n steps per iteration), compiles full P
 (the forms of one k take turns) and, unless --noremat_memory, the compiled peak memory of the
 same program with `remat=True`; then, per k, the form with the shortest cold time to a mask
 (compile + one run). `prospr_jax.saliency.prospr.default_unroll` is chosen from this table.
+With --remat the timed programs are the remat ones. Each row also says how many CPU cores the
+process kept busy while running.
 The persistent compilation cache is off unless --compile_cache_dir is given, since the compile
 times are what is measured (`prospr_jax.benchmark.time_to_mask`).
 """
@@ -29,6 +31,7 @@ _UNROLLS = flags.DEFINE_list(
     "Inner-loop forms: True (unrolled Python loop) or an int n >= 1 (scan, n steps unrolled).")
 _REMAT_MEMORY = flags.DEFINE_bool("remat_memory", True,
                                   "Also compile with remat=True and print its peak memory.")
+_REMAT = flags.DEFINE_bool("remat", False, "Time the programs compiled with remat=True.")
 _REPEATS = setting_flags.define_repeats_flag()
 _OUTPUT = setting_flags.define_output_flag()
 _COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
@@ -50,7 +53,7 @@ def main(argv: Sequence[str]) -> None:
   setup = _SETTING.make_setup(num_batches=max(ks) + 1)
   record = time_to_mask.run_time_to_mask(
       setup, _SETTING.config(), ks, [_unroll(u) for u in _UNROLLS.value], _REPEATS.value,
-      _REMAT_MEMORY.value)
+      _REMAT_MEMORY.value, _REMAT.value)
   print(time_to_mask.format_time_to_mask(record))
   if _OUTPUT.value:
     result_record.write_json(_OUTPUT.value, record)

@@ -44,38 +44,45 @@ def _warm_up(setup: Setup) -> None:
 
 
 def measure_k(setup: Setup, k: int, unrolls: Sequence[prospr.Unroll], repeats: int,
-              remat_memory: bool) -> list[dict[str, Any]]:
-  """One row per unroll form at `k` inner steps: {'k', 'unroll', 'compile_s', 'run_ms'} and,
-  with `remat_memory`, 'remat_peak_mib' (compiled peak of the remat program, MiB)."""
+              remat_memory: bool, remat: bool = False) -> list[dict[str, Any]]:
+  """One row per unroll form at `k` inner steps: {'k', 'unroll', 'remat', 'compile_s',
+  'run_ms', 'cores_busy'} of the programs compiled with `remat` and, with `remat_memory`,
+  'remat_peak_mib' (compiled peak of the remat program, MiB)."""
   args = (setup.params, setup.state, setup.batches[: k + 1])
   # Keyed by position: True == 1 as a dict key.
-  compiled = {i: timing.compile_call(prospr_fn(setup, k, u, remat=False), *args)
+  compiled = {i: timing.compile_call(prospr_fn(setup, k, u, remat=remat), *args)
               for i, u in enumerate(unrolls)}
-  run_ms = timing.interleaved_median_ms(compiled, repeats)
+  runs = timing.interleaved_timings(compiled, repeats)
   rows = []
   for i, unroll in enumerate(unrolls):
-    row = {"k": k, "unroll": unroll, "compile_s": compiled[i].compile_s, "run_ms": run_ms[i]}
+    row = {"k": k, "unroll": unroll, "remat": remat, "compile_s": compiled[i].compile_s,
+           "run_ms": runs[i].ms, "cores_busy": runs[i].cores_busy}
     if remat_memory:
-      remat = timing.compile_call(prospr_fn(setup, k, unroll, remat=True), *args)
-      row["remat_peak_mib"] = timing.memory_stats(remat.executable)["peak"] / timing.BYTES_PER_MIB
+      program = (compiled[i] if remat
+                 else timing.compile_call(prospr_fn(setup, k, unroll, remat=True), *args))
+      row["remat_peak_mib"] = (timing.memory_stats(program.executable)["peak"]
+                               / timing.BYTES_PER_MIB)
     rows.append(row)
   return rows
 
 
 def run_time_to_mask(setup: Setup, config: dict[str, Any], ks: Sequence[int] = KS,
                      unrolls: Sequence[prospr.Unroll] = UNROLLS, repeats: int = 5,
-                     remat_memory: bool = True) -> dict[str, Any]:
+                     remat_memory: bool = True, remat: bool = False) -> dict[str, Any]:
   """A 'time_to_mask' `result_record` (`config` describes `setup`, which needs max(ks) + 1
-  batches) whose 'rows' hold `measure_k`'s rows for every k in `ks`, in order."""
+  batches) whose 'rows' hold `measure_k`'s rows for every k in `ks`, in order; the timed
+  programs are compiled with `remat`."""
   if len(setup.batches) < max(ks) + 1:
     raise ValueError(f"k = {max(ks)} needs {max(ks) + 1} batches; the setup has "
                      f"{len(setup.batches)}.")
   for unroll in unrolls:
     prospr.check_unroll(unroll)
   _warm_up(setup)
-  rows = [row for k in ks for row in measure_k(setup, k, unrolls, repeats, remat_memory)]
+  rows = [row for k in ks
+          for row in measure_k(setup, k, unrolls, repeats, remat_memory, remat)]
   return result_record.new_record(
-      "time_to_mask", config | {"ks": list(ks), "unrolls": list(unrolls), "repeats": repeats},
+      "time_to_mask", config | {"ks": list(ks), "unrolls": list(unrolls), "repeats": repeats,
+                                "remat": remat},
       rows=rows)
 
 
@@ -84,13 +91,14 @@ def format_time_to_mask(record: dict[str, Any]) -> str:
   with the shortest cold time to a mask (compile + one run)."""
   cfg = record["config"]
   lines = [f"{cfg['model']}, batch {cfg['batch_size']}, {record['device']['device_kind']}: "
-           "full ProsPr (compile = trace + lower + XLA; run = median of "
-           f"{cfg['repeats']})"]
+           f"full ProsPr{' with remat' if cfg['remat'] else ''} (compile = trace + lower + "
+           f"XLA; run = median of {cfg['repeats']}; cores = CPU cores busy while running)"]
   for row in record["rows"]:
     memory = (f", remat peak {row['remat_peak_mib']:8.1f} MiB"
               if "remat_peak_mib" in row else "")
     lines.append(f"  k={row['k']:3d} unroll={str(row['unroll']):5s}: compile "
-                 f"{row['compile_s']:7.2f} s, run {row['run_ms']:9.2f} ms{memory}")
+                 f"{row['compile_s']:7.2f} s, run {row['run_ms']:9.2f} ms, cores "
+                 f"{row['cores_busy']:.2f}{memory}")
   for k in cfg["ks"]:
     at_k = [row for row in record["rows"] if row["k"] == k]
     best = min(at_k, key=lambda row: row["compile_s"] + row["run_ms"] / 1e3)

@@ -14,6 +14,7 @@ measurements (experiments/time_to_mask_benchmark.py).
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,12 +40,11 @@ Unroll = bool | int
 
 CPU_UNROLLED_MAX_STEPS = 3
 """On CPU, `default_unroll` unrolls the inner loop fully up to this many inner steps and scans
-above. Measured with experiments/time_to_mask_benchmark.py on SmallConvNet at batch 128 on a
-shared 2-core CPU (noisy): compile time unrolled / scan 23 / 27 s at k = 1, 27 / 47 s at
-k = 3, 93 / 50 s at k = 10, 118 / 26 s at k = 30, run times within 10-30% of each other (1 to 3
-s at k <= 3): the crossover of compile + run lies between k = 3 and k = 10. It depends on
-the model: on ResNet-20 (batch 128) at k = 3 the scan was already ahead (compile 12 / 10 s, run
-3.8 / 4.2 s); a quiet full run of the benchmark should settle this threshold."""
+above: the shorter cold time to a mask (compile + one run) on SmallConvNet at batch 128
+(experiments/time_to_mask_benchmark.py, this project's 2-core VM with nothing else running,
+docs/data/time_to_mask_cpu.txt): at k = 3 unrolled 4.5 + 0.4 s against the scan's 5.4 + 0.5 s,
+at k = 10 unrolled 10.6 + 1.3 s against 5.2 + 1.7 s. The crossover depends on the model: on
+ResNet-20 the scan is ahead already at k = 3 (12.3 + 4.7 s against 15.5 + 4.4 s)."""
 
 
 def _inner_step(
@@ -96,7 +96,8 @@ def fusion_barrier(tree: PyTree, zero: jax.Array) -> PyTree:
   return jax.tree.unflatten(treedef, leaves)
 
 
-def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
+def remat_after_cotangent(f: Callable[..., Any], constant_argnums: tuple[int, ...] = ()
+                          ) -> Callable[..., Any]:
   """`f` whose reverse pass recomputes `f`'s forward pass instead of storing its residuals.
 
   Like `jax.checkpoint(f)` (reverse mode only), but the recomputation data-depends on the
@@ -106,6 +107,9 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
   1.9 GB at k = 30 either way; 107 MB with this, see docs/benchmarks.md). The reverse pass returns
   its cotangents through `fusion_barrier`, so that XLA cannot fuse the sums of the cotangents of
   a chain of such steps into one sum that keeps every step's terms live.
+
+  The arguments at `constant_argnums` (data, indices) get a zero cotangent without computing
+  one, and the recomputation reads them as they are.
   """
 
   @jax.custom_vjp
@@ -117,10 +121,22 @@ def remat_after_cotangent(f: Callable[..., Any]) -> Callable[..., Any]:
 
   def bwd(args, cotangent):
     zero = _zero_like_scalar_of(cotangent)
-    args = jax.tree.map(
-        lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a, args
-    )
-    return fusion_barrier(jax.vjp(f, *args)[1](cotangent), zero)
+    varying = [i for i in range(len(args)) if i not in constant_argnums]
+
+    def f_of_varying(*values):
+      full = list(args)
+      for i, value in zip(varying, values):
+        full[i] = value
+      return f(*full)
+
+    values = [jax.tree.map(
+        lambda a: a + zero.astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.inexact) else a,
+        args[i]) for i in varying]
+    cotangents = fusion_barrier(jax.vjp(f_of_varying, *values)[1](cotangent), zero)
+    out: list[Any] = [None] * len(args)
+    for i, value in zip(varying, cotangents):
+      out[i] = value
+    return tuple(out)
 
   g.defvjp(fwd, bwd)
   return g
@@ -150,7 +166,9 @@ def k_step_loss(
     first_order: stop gradients through the inner updates (`∂θk/∂c = θinit`).
     remat: recompute each inner step in the backward pass (`remat_after_cotangent`), so it
       stores only each step's params, optimizer state and batch, not its activations: memory
-      stays nearly flat in `k` for about 5% more time. Reverse mode only.
+      stays nearly flat in `k` for about 5% more time. In a scan, the steps are also grouped
+      into about sqrt(k) blocks whose carries are recomputed, so only about 2 sqrt(k) carries
+      are stored (`_scanned_steps`), for one more forward pass per step. Reverse mode only.
     unroll: True: the inner steps as a Python loop unrolled at trace time (program size and
       compile time linear in `k`); an int `n >= 1`: a `lax.scan` over the stacked inner
       batches unrolling `n` steps per iteration; None: `default_unroll(k)`. The value is the
@@ -159,20 +177,56 @@ def k_step_loss(
   num_steps = len(batches) - 1
   unroll = check_unroll(default_unroll(num_steps) if unroll is None else unroll)
   step = functools.partial(_inner_step, loss_fn, optimizer, first_order)
-  if remat:
-    step = remat_after_cotangent(step)
   theta = objective.masked(params, c)
   carry = (theta, optimizer.init(theta), state)
   if unroll is True:
+    step = remat_after_cotangent(step) if remat else step
     for batch in batches[:-1]:
       carry = step(*carry, batch)
   elif num_steps > 0:
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches[:-1])
-    carry, _ = jax.lax.scan(lambda carry, batch: (step(*carry, batch), None), carry, stacked,
-                            unroll=unroll)
+    carry = _scanned_steps(step, carry, stacked, num_steps, unroll, remat)
   theta, _, state = carry
   return loss_fn(theta, state, batches[-1])[0]
 
+
+Carry = tuple[PyTree, PyTree, PyTree]
+"""The inner loop's carry: (params, optimizer state, model state)."""
+
+
+def _scanned_steps(step: Callable[..., Carry], carry: Carry, stacked: PyTree, num_steps: int,
+                   unroll: int, remat: bool) -> Carry:
+  """`step` applied to `carry` for each of the `num_steps` batches stacked along axis 0 of
+  `stacked`, as a `lax.scan` over step indices (unrolling `unroll` steps per iteration).
+
+  The scan runs over indices and each step takes its batch from `stacked` itself, so the
+  reverse pass never stores a copy of a step's batch. With `remat` the steps run in about
+  sqrt(`num_steps`) blocks of about sqrt(`num_steps`) steps: the reverse pass stores the carry
+  at each block's start and, per block, recomputes that block's carries, so memory grows with
+  sqrt(k), not k, for one more forward pass of every inner step.
+  """
+
+  def indexed_step(params: PyTree, opt_state: PyTree, state: PyTree, stacked: PyTree,
+                   i: jax.Array) -> Carry:
+    return step(params, opt_state, state, jax.tree.map(lambda x: x[i], stacked))
+
+  # The batches and indices get no cotangent: the reverse pass reads them, never sums into them.
+  step_at = remat_after_cotangent(indexed_step, constant_argnums=(3, 4)) if remat else indexed_step
+
+  def steps_at(carry: Carry, stacked: PyTree, indices: jax.Array) -> Carry:
+    return jax.lax.scan(lambda carry, i: (step_at(*carry, stacked, i), None), carry, indices,
+                        unroll=unroll)[0]
+
+  indices = jnp.arange(num_steps)
+  if not remat:
+    return steps_at(carry, stacked, indices)
+  block = max(1, math.isqrt(num_steps))
+  num_blocks = num_steps // block
+  blocks = indices[:num_blocks * block].reshape(num_blocks, block)
+  remat_block = remat_after_cotangent(steps_at, constant_argnums=(1, 2))
+  carry = jax.lax.scan(lambda carry, b: (remat_block(carry, stacked, b), None), carry,
+                       blocks)[0]
+  return steps_at(carry, stacked, indices[num_blocks * block:])
 
 meta_gradient = jax.jit(
     jax.grad(k_step_loss),
