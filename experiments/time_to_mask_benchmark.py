@@ -37,22 +37,16 @@ _OUTPUT = setting_flags.define_output_flag()
 _COMPILE_CACHE_DIR = setting_flags.define_compile_cache_flag()
 
 
-def _unroll(text: str) -> bool | int:
-  """'True' -> True, '2' -> 2."""
-  if text == "True":
-    return True
-  try:
-    return int(text)
-  except ValueError as e:
-    raise app.UsageError(f"--unrolls takes True or integers, got {text!r}.") from e
-
-
 def main(argv: Sequence[str]) -> None:
   setting_flags.begin(argv, _COMPILE_CACHE_DIR)
   ks = [int(k) for k in _KS.value]
+  try:
+    unrolls = [time_to_mask.parse_unroll(u) for u in _UNROLLS.value]
+  except ValueError as e:
+    raise app.UsageError(f"--unrolls: {e}") from None
   setup = _SETTING.make_setup(num_batches=max(ks) + 1)
   record = time_to_mask.run_time_to_mask(
-      setup, _SETTING.config(), ks, [_unroll(u) for u in _UNROLLS.value], _REPEATS.value,
+      setup, _SETTING.config(), ks, unrolls, _REPEATS.value,
       _REMAT_MEMORY.value, _REMAT.value)
   print(time_to_mask.format_time_to_mask(record))
   if _OUTPUT.value:

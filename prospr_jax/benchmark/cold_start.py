@@ -31,12 +31,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-import ml_collections
 from absl import flags
-from ml_collections import config_flags
 
 from prospr_jax.benchmark import result_record
-from prospr_jax.experiment import command_line, provenance
+from prospr_jax.experiment import provenance
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PRUNE_AND_TRAIN = REPO_ROOT / "experiments" / "prune_and_train.py"
@@ -126,13 +124,17 @@ def seconds_until_exit(command: Sequence[str], env: Mapping[str, str], timeout_s
                        f"{_stderr_tail(stderr)}")
 
 
-def prune_config(overrides: Sequence[str]) -> ml_collections.ConfigDict:
+def prune_config(overrides: Sequence[str]) -> Any:
   """configs/default.py with `overrides` (`--config.<field>=<value>` arguments) applied as
   prune_and_train.py applies them.
 
   Raises:
     ValueError: an override names no field of the config.
   """
+  # Imported here: the benchmark library imports no ml-collections (GPU/TPU VMs often lack it).
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from prospr_jax.experiment import command_line  # pylint: disable=g-import-not-at-top
+
   argv = ["cold_start", f"--config={DEFAULT_CONFIG}", *overrides]
   unknown = command_line.unknown_override(argv, default=lambda: None)  # the file is given
   if unknown is not None:

@@ -18,6 +18,7 @@ from prospr_jax.benchmark import timing
 from prospr_jax.benchmark.synthetic_setup import Setup
 from prospr_jax.experiment import train_step
 from prospr_jax.saliency import prospr_scores, snip_scores
+from prospr_jax.saliency.prospr import Unroll
 from prospr_jax.tree_types import PyTree
 
 TRAIN_CONFIG = types.SimpleNamespace(
@@ -62,18 +63,20 @@ def train_states(setup: Setup) -> dict[str, train_step.TrainState]:
 
 
 def prospr_fn(
-    setup: Setup, k: int, *, first_order: bool = False, remat: bool = False
+    setup: Setup, k: int, *, first_order: bool = False, remat: bool = False,
+    unroll: Unroll | None = None,
 ) -> Callable[..., PyTree]:
-  """Jitted `(params, state, batches) -> prospr_scores` with `k` inner steps."""
+  """Jitted `(params, state, batches) -> prospr_scores` with `k` inner steps in the inner-loop
+  form `unroll` (None: the platform's default)."""
   return jax.jit(functools.partial(
-      _prospr, loss_fn=setup.loss_fn, k=k, first_order=first_order, remat=remat))
+      _prospr, loss_fn=setup.loss_fn, k=k, first_order=first_order, remat=remat, unroll=unroll))
 
 
 def _prospr(params: PyTree, state: PyTree, batches: Sequence[PyTree], *, loss_fn: LinenLoss,
-            k: int, first_order: bool, remat: bool) -> PyTree:
+            k: int, first_order: bool, remat: bool, unroll: Unroll | None) -> PyTree:
   """`prospr_scores` with `k` inner steps on `k + 1` batches (the library's default inner SGD)."""
   return prospr_scores(loss_fn, params, batches, state=state, num_steps=k,
-                       first_order=first_order, remat=remat)
+                       first_order=first_order, remat=remat, unroll=unroll)
 
 
 def snip_fn(setup: Setup) -> Callable[..., PyTree]:
@@ -104,14 +107,16 @@ def prospr_name(k: int, remat: bool) -> str:
 
 
 def timing_cases(
-    setup: Setup, ks: Sequence[int], remat: bool = False
+    setup: Setup, ks: Sequence[int], remat: bool = False, unroll: Unroll | None = None
 ) -> dict[str, tuple[Callable[..., Any], tuple]]:
   """`{name: (jitted function, args)}`: the two training steps ('train_step_masked',
-  'train_step_dense'), full ProsPr (with `remat`) for each k (`prospr_name`), and first-order
-  ProsPr ('prospr_first_order_k<k>') and SNIP ('snip') at the reference k."""
+  'train_step_dense'), full ProsPr (with `remat`, inner loop `unroll`) for each k
+  (`prospr_name`), and first-order ProsPr ('prospr_first_order_k<k>') and SNIP ('snip') at the
+  reference k."""
   cases = {f"train_step_{name}": (train_step.train_step, (state, setup.batches[0]))
            for name, state in train_states(setup).items()}
-  cases |= {prospr_name(k, remat): (prospr_fn(setup, k, remat=remat), prospr_args(setup, k))
+  cases |= {prospr_name(k, remat): (prospr_fn(setup, k, remat=remat, unroll=unroll),
+                                    prospr_args(setup, k))
             for k in ks}
   k_ref = reference_k(ks)
   cases[f"prospr_first_order_k{k_ref}"] = (

@@ -1,10 +1,14 @@
 """Where one compiled benchmark function spends its time on XLA:CPU, by kind of op.
 
-`profile_ops` compiles one of `cost_cases.timing_cases` (random batches, k = 3), runs it once
+`profile_ops` compiles one of `cost_cases.timing_cases` (random batches, k = 3 unless given, and
+full ProsPr's inner loop in the given form), runs it once
 to warm up, then `calls` times under `jax.profiler`, and sums the duration of every XLA:CPU op
 (thunk) in the trace per call. Each op is put in one kind, from its optimized HLO:
 
-  weight gradient   ops of a `while` loop: `conv_ops`' weight gradient (`_rhs_transpose`)
+  weight gradient   ops of the `while` loop of `conv_ops`' weight gradient (`_rhs_transpose`)
+  scan slices       a dynamic slice or update, or a fusion around one: outside that loop, a
+                    `lax.scan` (ProsPr's inner loop with `unroll=n`) reading a step's batch
+                    and residuals from its stacked buffers, or writing them there
   convolution       a convolution, or a fusion around one (YNNPACK fuses BatchNorm/ReLU in)
   dot               a matrix product, or a fusion around one
   transpose/copy    a layout change: transpose, copy, pad, slice fusions
@@ -31,10 +35,13 @@ import jax
 
 from prospr_jax.benchmark import cost_cases, result_record, timing
 from prospr_jax.benchmark.synthetic_setup import Setup
+from prospr_jax.saliency import prospr
 
 K = 3
 """ProsPr's inner steps in the profiled timing cases."""
-_LAYOUT = ("transpose", "copy", "pad", "slice", "dynamic-slice", "wrapped_copy")
+_LAYOUT = ("transpose", "copy", "pad", "slice", "wrapped_copy")
+_SCAN_SLICES = ("dynamic-slice", "dynamic-update-slice")
+"""Ops that read a step's slice of a scan's stacked inputs and residuals or write it."""
 
 
 def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
@@ -52,8 +59,10 @@ def op_kinds(hlo: str) -> dict[str, tuple[str, str]]:
     op_name = re.search(r'op_name="([^"]*)"', rest)
     called = re.search(r"calls=%([\w.\-]+)", rest)
     body = computations.get(called.group(1), "") if called else ""
-    if op_name and "while" in op_name.group(1):
+    if op_name and re.search(r"/conv\w*/while", op_name.group(1)):
       kind = "weight gradient"
+    elif opcode in _SCAN_SLICES or any(f" {op}(" in body for op in _SCAN_SLICES):
+      kind = "scan slices"
     elif opcode == "convolution" or " convolution(" in body:
       kind = "convolution"
     elif opcode == "dot" or " dot(" in body:
@@ -79,16 +88,17 @@ def _trace_events(call: timing.CompiledCall, calls: int) -> list[dict]:
   return events["traceEvents"] if isinstance(events, dict) else events
 
 
-def profile_ops(setup: Setup, config: dict[str, Any], function: str, calls: int, top: int
-                ) -> dict[str, Any]:
-  """A 'cpu_op_profile' `result_record` of timing case `function` (`config` describes `setup`).
+def profile_ops(setup: Setup, config: dict[str, Any], function: str, calls: int, top: int,
+                k: int = K, unroll: prospr.Unroll | None = None) -> dict[str, Any]:
+  """A 'cpu_op_profile' `result_record` of timing case `function` (`config` describes `setup`)
+  at `k` inner steps, full ProsPr's inner loop in form `unroll` (None: the default).
 
   Measurements: 'xla_flags', 'library_fusions' (`{fusion kind: count}` in the optimized HLO),
   'num_convolutions', 'total_ms' (op thread time per call, the mean of `calls`), 'per_kind_ms'
   (`[[kind, ms]]`, longest first) and 'longest_ops' (the `top` longest
   `{'name', 'ms', 'kind', 'shape'}`).
   """
-  cases = cost_cases.timing_cases(setup, [K])
+  cases = cost_cases.timing_cases(setup, [k], unroll=unroll)
   if function not in cases:
     raise ValueError(f"Unknown timing case {function!r}; expected one of {sorted(cases)}.")
   fn, args = cases[function]
@@ -104,7 +114,8 @@ def profile_ops(setup: Setup, config: dict[str, Any], function: str, calls: int,
   for name, ms in per_op.items():
     per_kind[kinds[name][0]] += ms
   return result_record.new_record(
-      "cpu_op_profile", config | {"function": function, "k": K, "calls": calls, "top": top},
+      "cpu_op_profile",
+      config | {"function": function, "k": k, "unroll": unroll, "calls": calls, "top": top},
       xla_flags=os.environ.get("XLA_FLAGS", ""),
       library_fusions=dict(collections.Counter(re.findall(r'"kind":"(__\w+_fusion)"', hlo))),
       num_convolutions=hlo.count(" convolution("), total_ms=sum(per_kind.values()),

@@ -12,15 +12,14 @@ compile + run; with a warm persistent compilation cache it is the run alone. Wha
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 
-from prospr_jax.benchmark import result_record, timing
+from prospr_jax.benchmark import cost_cases, result_record, timing
 from prospr_jax.benchmark.synthetic_setup import Setup
 from prospr_jax.saliency import prospr
-from prospr_jax.tree_types import PyTree
 
 KS = (1, 3, 10, 30)
 """Inner steps measured by default."""
@@ -28,12 +27,15 @@ UNROLLS: tuple[prospr.Unroll, ...] = (True, 1, 2)
 """Inner-loop forms measured by default: unrolled, a scan, a scan unrolling 2 steps."""
 
 
-def prospr_fn(setup: Setup, k: int, unroll: prospr.Unroll, remat: bool
-              ) -> Callable[[PyTree, PyTree, list[PyTree]], PyTree]:
-  """Jitted `(params, state, batches) -> prospr_scores` with `k` inner steps in form
-  `unroll`."""
-  return jax.jit(lambda params, state, batches: prospr.prospr_scores(
-      setup.loss_fn, params, batches, state=state, num_steps=k, remat=remat, unroll=unroll))
+def parse_unroll(text: str) -> prospr.Unroll:
+  """A command-line inner-loop form: 'True' -> True, '2' -> 2 (checked by
+  `prospr.check_unroll`); ValueError for anything else."""
+  if text == "True":
+    return True
+  try:
+    return prospr.check_unroll(int(text))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"An inner-loop form is True or an integer >= 1, not {text!r}.") from e
 
 
 def _warm_up(setup: Setup) -> None:
@@ -48,9 +50,10 @@ def measure_k(setup: Setup, k: int, unrolls: Sequence[prospr.Unroll], repeats: i
   """One row per unroll form at `k` inner steps: {'k', 'unroll', 'remat', 'compile_s',
   'run_ms', 'cores_busy'} of the programs compiled with `remat` and, with `remat_memory`,
   'remat_peak_mib' (compiled peak of the remat program, MiB)."""
-  args = (setup.params, setup.state, setup.batches[: k + 1])
+  args = cost_cases.prospr_args(setup, k)
   # Keyed by position: True == 1 as a dict key.
-  compiled = {i: timing.compile_call(prospr_fn(setup, k, u, remat=remat), *args)
+  compiled = {i: timing.compile_call(cost_cases.prospr_fn(setup, k, remat=remat, unroll=u),
+                                     *args)
               for i, u in enumerate(unrolls)}
   runs = timing.interleaved_timings(compiled, repeats)
   rows = []
@@ -58,8 +61,8 @@ def measure_k(setup: Setup, k: int, unrolls: Sequence[prospr.Unroll], repeats: i
     row = {"k": k, "unroll": unroll, "remat": remat, "compile_s": compiled[i].compile_s,
            "run_ms": runs[i].ms, "cores_busy": runs[i].cores_busy}
     if remat_memory:
-      program = (compiled[i] if remat
-                 else timing.compile_call(prospr_fn(setup, k, unroll, remat=True), *args))
+      program = compiled[i] if remat else timing.compile_call(
+          cost_cases.prospr_fn(setup, k, remat=True, unroll=unroll), *args)
       row["remat_peak_mib"] = (timing.memory_stats(program.executable)["peak"]
                                / timing.BYTES_PER_MIB)
     rows.append(row)

@@ -107,11 +107,13 @@ def find_masks(
     input_shape: tuple[int, ...],
     key: jax.Array,
     load_batches: Callable[[], Sequence[PyTree] | None] = lambda: None,
+    save_path: str | None = None,
 ) -> tuple[PyTree, dict[str, Any]]:
   """The masks `train_and_evaluate` trains with, and what it records about finding them.
 
   Loads the scoring batches (`load_batches()`) and prunes `variables` (`prune_at_init`); with
   `prune.sanity_check == 'shuffle'` the kept positions are then permuted within each layer.
+  With `save_path` the masks are written there (`masks.save_masks`) as soon as they are found.
   Returns the masks and `{'prune_seconds', 'connectivity'}`: the wall time of these steps (data
   loading included) and the masks' effective sparsity and collapsed layers
   (`prospr_jax.analysis.connectivity`, on `variables`).
@@ -122,6 +124,8 @@ def find_masks(
     masks = sanity.shuffle_within_layers(masks, jax.random.fold_in(key, 1), prune.filter_fn)
   masks = jax.block_until_ready(masks)
   seconds = time.perf_counter() - start
+  if save_path is not None:
+    masks_lib.save_masks(save_path, masks)
   params = variables["params"]
   state = {k: v for k, v in variables.items() if k != "params"}
   full_masks = jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape), masks, params)
@@ -393,17 +397,17 @@ def prune_and_start(
     mesh: Mesh,
     data: run_data.RunData,
 ) -> tuple[TrainState, dict[str, Any]]:
-  """Finds the masks (`find_masks`; process 0 saves them to `masks.npz`) and returns the
-  initial train state on `mesh` and the run's metadata (what pruning recorded, no history)."""
+  """Finds the masks (`find_masks`; process 0 saves them to `masks.npz` as soon as they are
+  found) and returns the initial train state on `mesh` and the run's metadata (what pruning
+  recorded, no history)."""
   report("pruning with %s ...", plan.prune.method)
+  save_path = os.path.join(workdir, "masks.npz") if jax.process_index() == 0 else None
   masks, meta = find_masks(plan.prune, plan.model, variables, plan.data.info.image_shape, key,
-                           data.pruning_batches)
+                           data.pruning_batches, save_path)
   meta |= start_meta()
   state = distributed.replicate(
       create_train_state(plan.train.hyperparams, plan.model, train_variables, masks, schedule),
       mesh)
-  if jax.process_index() == 0:
-    masks_lib.save_masks(os.path.join(workdir, "masks.npz"), masks)
   return state, meta
 
 
