@@ -31,8 +31,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from absl import flags
-
 from prospr_jax.benchmark import result_record
 from prospr_jax.experiment import provenance
 
@@ -132,17 +130,9 @@ def prune_config(overrides: Sequence[str]) -> Any:
     ValueError: an override names no field of the config.
   """
   # Imported here: the benchmark library imports no ml-collections (GPU/TPU VMs often lack it).
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   from prospr_jax.experiment import command_line  # pylint: disable=g-import-not-at-top
 
-  argv = ["cold_start", f"--config={DEFAULT_CONFIG}", *overrides]
-  unknown = command_line.unknown_override(argv, default=lambda: None)  # the file is given
-  if unknown is not None:
-    raise ValueError(unknown)
-  scratch = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, flag_values=scratch, sys_argv=argv)
-  scratch(argv)
-  return scratch["config"].value
+  return command_line.config_with_overrides(str(DEFAULT_CONFIG), overrides)
 
 
 def prune_command(python: Sequence[str], k: int, workdir: str, cache_dir: str,

@@ -125,6 +125,7 @@ def format_population_report(record: dict[str, Any]) -> str:
            f"{'peak MiB/member':>16}"]
   lines += [f"{r['model']:<14} {r['formulation']:<11} {r['size']:>3} {r['compile_s']:>10.1f} "
             f"{r['ms_per_step']:>9.2f} {r['member_steps_per_s']:>15.0f} "
-            f"{r['vs_single_run']:>13.2f}x {r['cores_busy']:>11.2f} {r['peak_mib_per_member']:>16.1f}"
+            f"{r['vs_single_run']:>13.2f}x {r['cores_busy']:>11.2f} "
+            f"{r['peak_mib_per_member']:>16.1f}"
             for r in record["rows"]]
   return "\n".join(lines)

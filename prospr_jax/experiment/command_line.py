@@ -70,6 +70,24 @@ def unknown_override(argv: Sequence[str],
   return None
 
 
+def config_with_overrides(config_file: str, overrides: Sequence[str]
+                          ) -> ml_collections.ConfigDict:
+  """The config of `config_file` with `overrides` (`--config.<field>=<value>` arguments)
+  applied as the binaries' config flag applies them.
+
+  Raises:
+    ValueError: an override names no field of the config (`unknown_override`).
+  """
+  argv = ["config_with_overrides", f"--{CONFIG_FLAG}={config_file}", *overrides]
+  message = unknown_override(argv, default=lambda: _load_config_file(config_file))
+  if message is not None:
+    raise ValueError(message)
+  scratch = flags.FlagValues()
+  config_flags.DEFINE_config_file(CONFIG_FLAG, None, flag_values=scratch, sys_argv=argv)
+  scratch(argv)
+  return scratch[CONFIG_FLAG].value
+
+
 def _exit_if_unknown_override(argv: Sequence[str],
                               default: Callable[[], ml_collections.ConfigDict]) -> None:
   """Exits with status 1 after one line if an override in `argv` names an unknown field."""

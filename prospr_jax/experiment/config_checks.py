@@ -4,10 +4,11 @@ difference of two configs: each raises a ValueError or TypeError that names the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
@@ -18,6 +19,20 @@ class ConfigError(ValueError, TypeError):
   It is both a ValueError and a TypeError, so code catching the error of the underlying check
   still does; its message is the whole explanation (binaries print it as one line).
   """
+
+
+_REFUSALS = (ValueError, TypeError, FileNotFoundError)
+"""What the checks of a run's config raise: a bad field, a missing data set."""
+
+
+@contextlib.contextmanager
+def refusing_as_config_error(prefix: str = "") -> Iterator[None]:
+  """Re-raises a `_REFUSALS` error of the block as a `ConfigError` with `prefix` before its
+  message (e.g. which grid point's config it is)."""
+  try:
+    yield
+  except _REFUSALS as e:
+    raise ConfigError(f"{prefix}{e}") from e
 
 
 def check_int(name: str, value: Any, minimum: int, *, also: tuple[int, ...] = ()) -> None:

@@ -175,7 +175,5 @@ def check_runs(configs: Iterable[tuple[str, ml_collections.ConfigDict]], mesh: M
     config_checks.ConfigError: the first config `plan_run` refuses, its label prefixed.
   """
   for label, config in configs:
-    try:
+    with config_checks.refusing_as_config_error(f"{label}: "):
       plan_run(config, mesh)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-      raise config_checks.ConfigError(f"{label}: {e}") from e

@@ -340,11 +340,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.R
   and claims `workdir` for it; returns the run's plan and the mesh of all devices."""
   distributed.initialize_distributed(config.distributed)
   mesh = distributed.data_mesh()
-  try:
+  with config_checks.refusing_as_config_error():
     plan = run_plan.plan_run(config, mesh)
     claim_workdir(config, workdir)
-  except (ValueError, TypeError, FileNotFoundError) as e:
-    raise config_checks.ConfigError(str(e)) from e
   info = plan.data.info
   report("%s (%d train / %d test images), %s, %d device(s) in %d process(es)", info.name,
           info.num_train, info.num_test, config.model, jax.device_count(), jax.process_count())

@@ -220,13 +220,14 @@ def _scanned_steps(step: Callable[..., Carry], carry: Carry, stacked: PyTree, nu
   indices = jnp.arange(num_steps)
   if not remat:
     return steps_at(carry, stacked, indices)
-  block = max(1, math.isqrt(num_steps))
+  block = math.isqrt(num_steps)  # >= 1: the caller scans only for num_steps > 0
   num_blocks = num_steps // block
   blocks = indices[:num_blocks * block].reshape(num_blocks, block)
   remat_block = remat_after_cotangent(steps_at, constant_argnums=(1, 2))
   carry = jax.lax.scan(lambda carry, b: (remat_block(carry, stacked, b), None), carry,
                        blocks)[0]
   return steps_at(carry, stacked, indices[num_blocks * block:])
+
 
 meta_gradient = jax.jit(
     jax.grad(k_step_loss),
