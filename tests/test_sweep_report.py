@@ -311,6 +311,7 @@ def test_report_refuses_mixed_commits_unless_allowed(tmp_path):
 def test_report_sections_for_a_study(tmp_path):
   records = [_record("dense", 0.0, s, 0.9 + 0.001 * s) for s in range(2)]
   records += [_record("dense+x2", 0.0, s, 0.902 + 0.001 * s) for s in range(2)]
+  records += [_record("prospr+x2", 0.98, s, 0.854 + 0.002 * s) for s in range(2)]
   for method, acc in (("prospr", 0.85), ("snip", 0.84), ("prospr+shuffle", 0.80)):
     records += [_record(method, 0.98, s, acc, effective_density_total=0.015,
                         inactive_fraction=0.25, num_disconnected_layers=int(s == 1),
@@ -318,10 +319,16 @@ def test_report_sections_for_a_study(tmp_path):
   study_report.write_report(records, str(tmp_path))
   text = (tmp_path / study_report.TABLE_FILE).read_text()
   main = parse_table(text.split("\n\n")[2])
-  assert "prospr+shuffle" not in main and set(main) >= {"dense", "prospr", "snip"}
+  assert set(main) >= {"dense", "prospr", "snip"}
+  assert not {"prospr+shuffle", "prospr+x2", "dense+x2"} & set(main)
   assert "| snip | +1.00 [+1.00, +1.00] |" in text
   assert "| prospr | 1.50 / 25% / 1 disc. |" in text
-  assert "| dense+x2 | 90.20 | 90.30 | 90.25 ± 0.07 |" in text
+  # Gains: dense +0.2 per seed, ProsPr +0.4 and +0.6; '+x2' arms stay out of the other tables.
+  assert "| dense | 0% | 90.05 ± 0.07 | 90.25 ± 0.07 | +0.20 [+0.20, +0.20] | yes |" in text
+  half = 12.706204736174707 * np.std([0.4, 0.6], ddof=1) / np.sqrt(2)  # t(0.975, 1 dof)
+  assert (f"| prospr | 98% | 85.00 ± 0.00 | 85.50 ± 0.14 | +0.50 [{0.5 - half:+.2f}, "
+          f"{0.5 + half:+.2f}] | **no** |") in text
+  assert "prospr+x2" not in text.split("Convergence:")[0]
   assert "| prospr+shuffle | 80.00 ± 0.00 |" in text
   assert "| prospr − prospr+shuffle | +5.00 [+5.00, +5.00] |" in text
   assert "| prospr | 2.5 | 2.0 | 3.0 | 2 |" in text

@@ -62,7 +62,8 @@ ARM_MODIFIERS: dict[str, tuple[str, Any]] = {
     "x2": ("train.num_epochs", 2),
 }
 """Arm modifier -> (dotted config field, value); `x2` multiplies the field by its value."""
-_MULTIPLY = ("x2",)
+TRAINING_LENGTH_MODIFIERS = ("x2",)
+"""Modifiers that multiply the training length: such an arm checks its base arm's convergence."""
 
 def parse_arm(arm: str) -> tuple[str, list[str]]:
   """`'prospr+shuffle'` -> `('prospr', ['shuffle'])`.
@@ -182,7 +183,7 @@ def point_config(base: ml_collections.ConfigDict, point: GridPoint) -> ml_collec
   for modifier in modifiers:
     field, value = ARM_MODIFIERS[modifier]
     section, name = field.split(".")
-    if modifier in _MULTIPLY:
+    if modifier in TRAINING_LENGTH_MODIFIERS:
       value *= config[section][name]
     config[section][name] = value
   return config

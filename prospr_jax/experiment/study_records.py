@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from prospr_jax.experiment.grid_sweep import DENSE, parse_arm
+from prospr_jax.experiment.grid_sweep import DENSE, TRAINING_LENGTH_MODIFIERS, parse_arm
 from prospr_jax.saliency import registry
 
 Record = dict[str, Any]
@@ -52,6 +52,17 @@ def group_stats(records: Sequence[Record], metric: str = "final_test_top1",
 def is_sanity_arm(arm: str) -> bool:
   """Whether a sweep arm is a sanity check ('prospr+shuffle', ...)."""
   return any(m in SANITY_MODIFIERS for m in parse_arm(arm)[1])
+
+
+def is_convergence_arm(arm: str) -> bool:
+  """Whether a sweep arm trains its base arm longer ('dense+x2', 'prospr+x2', ...)."""
+  return any(m in TRAINING_LENGTH_MODIFIERS for m in parse_arm(arm)[1])
+
+
+def convergence_base(arm: str) -> str:
+  """The arm a convergence arm trains longer: 'prospr+erk+x2' -> 'prospr+erk'."""
+  method, modifiers = parse_arm(arm)
+  return "+".join([method] + [m for m in modifiers if m not in TRAINING_LENGTH_MODIFIERS])
 
 
 def ordered_methods(records: Sequence[Record]) -> list[str]:

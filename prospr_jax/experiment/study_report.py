@@ -5,7 +5,7 @@ Beside accuracy (mean ± sample std over seeds), the reference method (the decla
 reference) is compared with every other arm seed by seed: with a 95% Student-t interval per
 comparison, and corrected for the whole family of comparisons (Holm-Bonferroni verdicts with
 Bonferroni intervals, `study_statistics`), at equal nominal density and at matched effective
-density. Extra tables: effective density, dense convergence, sanity checks, mask-finding time.
+density. Extra tables: effective density, convergence (arms trained twice as long), sanity checks, mask-finding time.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from prospr_jax.experiment.study_records import (
     check_provenance,
     dense_stats,
     group_stats,
+    convergence_base,
+    is_convergence_arm,
     is_sanity_arm,
     ordered_methods,
     ordered_sparsities,
@@ -36,6 +38,8 @@ from prospr_jax.experiment.study_records import (
 from prospr_jax.saliency import registry
 
 CONFIDENCE = 0.95
+CONVERGENCE_TOLERANCE = 0.3
+"""Points an arm may gain from twice the training for its training to count as converged."""
 TABLE_FILE = "results_table.md"
 ACCURACY_PLOT_FILE = "accuracy_vs_sparsity.png"
 DENSITY_PLOT_FILE = "layer_density.png"
@@ -225,17 +229,33 @@ def connectivity_table(records: Sequence[Record]) -> str:
   return _markdown_table(title, ["method"] + [sparsity_label(s) for s in sparsities], rows)
 
 
-def convergence_table(records: Sequence[Record]) -> str:
-  """Markdown table of every dense arm ('dense', 'dense+x2', ...) per seed and on average."""
-  dense = sorted({r["method"] for r in records if float(r["sparsity"]) == 0.0})
-  seeds = sorted({r["seed"] for r in records if r["method"] in dense})
-  value = {(r["method"], r["seed"]): 100 * float(r["final_test_top1"]) for r in records
-           if r["method"] in dense}
-  rows = [[arm] + [f"{value[(arm, s)]:.2f}" if (arm, s) in value else "—" for s in seeds]
-          + [format_cell(summarize([value[(arm, s)] for s in seeds if (arm, s) in value]),
-                         len(seeds))] for arm in dense]
-  title = "Dense networks, final test top-1 (%) per seed: is the training budget converged?"
-  return _markdown_table(title, ["arm"] + [f"seed {s}" for s in seeds] + ["mean ± std"], rows)
+def convergence_table(records: Sequence[Record], expected_seeds: int | None = None) -> str:
+  """Markdown table: every convergence arm ('dense+x2', 'prospr+x2', ...) against its base arm
+  at the same sparsity: both accuracies (mean ± std over seeds), the gain (convergence arm
+  minus base, paired by seed, points, `CONFIDENCE` Student-t interval) and whether the mean
+  gain is at most `CONVERGENCE_TOLERANCE` points (the base's training counts as converged)."""
+  stats = group_stats(records)
+  if expected_seeds is None:
+    expected_seeds = len({r["seed"] for r in records})
+  rows = []
+  for arm in sorted({r["method"] for r in records if is_convergence_arm(r["method"])}):
+    base = convergence_base(arm)
+    gains = paired_differences(records, reference=arm)
+    for sparsity in sorted({float(r["sparsity"]) for r in records if r["method"] == arm}):
+      gain = gains.get((base, sparsity))
+      verdict = "—" if gain is None else (
+          "yes" if gain.mean <= CONVERGENCE_TOLERANCE else "**no**")
+      rows.append([base, sparsity_label(sparsity),
+                   format_cell(stats.get((base, sparsity)), expected_seeds),
+                   format_cell(stats.get((arm, sparsity)), expected_seeds),
+                   format_interval(gain), verdict])
+  title = (f"Convergence: each arm trained twice as long ('+x2') against the same arm, final "
+           f"test top-1 (%), and the gain in points (paired by seed, [{CONFIDENCE:.0%} "
+           f"Student-t interval]); converged: a mean gain of at most "
+           f"{CONVERGENCE_TOLERANCE} point.")
+  return _markdown_table(
+      title, ["arm", "sparsity", "as trained", "trained twice as long", "gain", "converged"],
+      rows)
 
 
 def prune_time_table(records: Sequence[Record]) -> str:
@@ -308,16 +328,17 @@ def write_report(records: Sequence[Record], output_dir: str,
   """Writes `results_table.md` and the plots (`ACCURACY_PLOT_FILE` and, where the records
   allow, the others of `PLOT_FILES`).
 
-  The markdown file holds the accuracy table of the pruned arms (sanity-check arms left out)
-  and, where the records have them: the paired differences against the declared report
-  reference (`registry.report_reference()`), uncorrected and corrected for the family, at
-  equal nominal and at matched effective density; the effective density; the dense
-  convergence check; the sanity checks (and each method minus its sanity arms, uncorrected and
+  The markdown file holds the accuracy table of the pruned arms (sanity-check and convergence
+  arms left out) and, where the records have them: the paired differences against the declared
+  report reference (`registry.report_reference()`), uncorrected and corrected for the family,
+  at equal nominal and at matched effective density; the effective density; the convergence
+  check (every '+x2' arm against its base arm); the sanity checks (and each method minus its sanity arms, uncorrected and
   corrected); the mask-finding times. Refuses records from several commits unless
   `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
   commits = check_provenance(records, allow_mixed_commits)
-  main = [r for r in records if not is_sanity_arm(r["method"])]
+  main = [r for r in records
+          if not (is_sanity_arm(r["method"]) or is_convergence_arm(r["method"]))]
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, f) for f in (TABLE_FILE, ACCURACY_PLOT_FILE)]
   sections = [f"Runs: {len(records)}; code: {', '.join(str(c) for c in commits)}.\n",
@@ -338,8 +359,9 @@ def write_report(records: Sequence[Record], output_dir: str,
           "runs of the same seed; no extrapolation)"))
   if effective:
     sections.append(connectivity_table(main))
-  if len({r["method"] for r in main if float(r["sparsity"]) == 0.0}) > 1:
-    sections.append(convergence_table(main))
+  if any(is_convergence_arm(r["method"]) for r in records):
+    sections.append(convergence_table(
+        [r for r in records if not is_sanity_arm(r["method"])], expected_seeds))
   if any(is_sanity_arm(r["method"]) for r in records):
     sections += [sanity_table(records), sanity_differences_table(records),
                  corrected_table(sanity_comparisons(records),
