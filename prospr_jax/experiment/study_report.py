@@ -33,7 +33,6 @@ from prospr_jax.experiment.study_records import (
     ordered_methods,
     ordered_sparsities,
     sparsity_label,
-    summarize,
 )
 from prospr_jax.saliency import registry
 
