@@ -10,8 +10,12 @@ rewritten; `experiments/report.py` makes the table and plots from `all_results.j
 
 `--population_size=P` trains the runs that differ only in method, sparsity, allocation, sanity
 check and seed together, P at a time, in one program each (`population_sweep`; in-memory data
-sets, one process); 0 (the default) picks P for the platform (8 on CPU, 32 on GPU/TPU), 1
-trains every run alone. Members write the same results as single runs.
+sets); 0 (the default) picks P for the platform (8 on CPU, 32 on GPU/TPU), 1 trains every run
+alone. Members write the same results as single runs.
+
+Several processes (`--config.distributed.*`, the same command started on every host, with a
+--workdir all of them see) join once and run every point of the sweep together; a
+population's members are sharded over all their devices when the device count divides P.
 
 Every point's config is checked before any run starts: a bad field ends the sweep at once
 with status 1 and one line naming the point and the field.
@@ -53,6 +57,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   compile_cache.enable(flags.FLAGS.config.compile_cache_dir)
   logging.set_verbosity(logging.INFO)
+  try:
+    with config_checks.refusing_as_config_error():
+      # Before anything touches a device: every run of the sweep uses the joined processes.
+      distributed.initialize_distributed(flags.FLAGS.config.distributed)
+  except config_checks.ConfigError as e:
+    raise SystemExit(f"ERROR: {e}") from None
   points = grid_sweep.expand_grid(
       grid_sweep.parse_list(_METHODS.value),
       grid_sweep.parse_list(_SPARSITIES.value, float),

@@ -42,11 +42,12 @@ def _env(tmp_path: pathlib.Path, devices: int) -> dict[str, str]:
   return env
 
 
-def _commands(workdir, data_dir, num_processes: int) -> list[list[str]]:
-  """The command line of every process of a run of the test config on `num_processes`."""
-  base = [sys.executable, str(ROOT / "experiments" / "prune_and_train.py"),
-          f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}",
-          f"--config.data_dir={data_dir}"] + [f"--config.{k}={v}" for k, v in _OVERRIDES.items()]
+def _commands(workdir, num_processes: int, args: list[str],
+              binary: str = "prune_and_train.py") -> list[list[str]]:
+  """The command line of every process of `experiments/<binary>` on the test config with
+  `args`, on `num_processes`."""
+  base = [sys.executable, str(ROOT / "experiments" / binary),
+          f"--config={ROOT / 'configs' / 'test.py'}", f"--workdir={workdir}", *args]
   if num_processes == 1:
     return [base]
   port = process_group.free_port()
@@ -56,14 +57,21 @@ def _commands(workdir, data_dir, num_processes: int) -> list[list[str]]:
                   f"--config.distributed.process_id={i}"] for i in range(num_processes)]
 
 
-def _run(tmp_path, workdir, data_dir, num_processes, devices, *, resume=False, **kwargs):
-  """Runs the test config in `workdir`; returns every process's (stdout, stderr).
+def _run_args(data_dir) -> list[str]:
+  """`prune_and_train.py`'s arguments for this module's runs."""
+  return [f"--config.data_dir={data_dir}"] + [f"--config.{k}={v}" for k, v in _OVERRIDES.items()]
+
+
+def _run(tmp_path, workdir, args, num_processes, devices, *, resume=False,
+         binary="prune_and_train.py", **kwargs):
+  """Runs `binary` on the test config with `args` in `workdir`; returns every process's
+  (stdout, stderr).
 
   A hang is retried once, from a fresh workdir unless `resume` (a resumed run resumes again).
   """
   for attempt in (1, 2):
     try:
-      return process_group.run(_commands(workdir, data_dir, num_processes),
+      return process_group.run(_commands(workdir, num_processes, args, binary),
                                _env(tmp_path, devices),
                                tmp_path / "logs" / f"{workdir.name}_{resume}_{attempt}", **kwargs)
     except process_group.Hang as hang:
@@ -96,7 +104,7 @@ def _assert_trees(a, b, **tolerance):
 def test_two_processes_match_one_and_resume_exactly(tmp_path, fashion_mnist_data_dir):
   data_dir = fashion_mnist_data_dir
   one, two = tmp_path / "1x1", tmp_path / "2x2"
-  two_out = _run(tmp_path, two, data_dir, num_processes=2, devices=2)
+  two_out = _run(tmp_path, two, _run_args(data_dir), num_processes=2, devices=2)
   config = test_config.get_config()
   config.data_dir = data_dir
   config.update_from_flattened_dict(_OVERRIDES)
@@ -121,13 +129,42 @@ def test_two_processes_match_one_and_resume_exactly(tmp_path, fashion_mnist_data
 
   # 2 x 2 again, killed with SIGKILL once a checkpoint is finalized, then resumed by 2 x 2.
   killed = tmp_path / "killed"
-  _run(tmp_path, killed, data_dir, num_processes=2, devices=2,
+  _run(tmp_path, killed, _run_args(data_dir), num_processes=2, devices=2,
        stop_when=lambda: bool(_finished_steps(killed)))
   assert not (killed / "results.json").exists(), "the run ended before it could be killed"
   assert 0 < max(_finished_steps(killed)) < _STEPS
-  (_, resumed_err0), _ = _run(tmp_path, killed, data_dir, num_processes=2, devices=2,
+  (_, resumed_err0), _ = _run(tmp_path, killed, _run_args(data_dir), num_processes=2, devices=2,
                               resume=True)
   assert "Resumed from the checkpoint at step" in resumed_err0
   resumed = _final_state(killed)
   _assert_trees(resumed.params, states["2x2"].params)  # bitwise: the uninterrupted 2 x 2 run
   _assert_trees(resumed.masks, states["2x2"].masks)
+
+
+def test_a_population_sweep_on_two_processes_is_the_one_process_sweep(tmp_path):
+  """`sweep.py --population_size=2` of dense, magnitude and SNIP on 2 processes x 1 device:
+  the population of 2 is sharded, one member per process, the population of 1 is trained by
+  both devices (and says so); every run's masks and accuracies are those of the same sweep in
+  one process (each member trains alone on its device, as in one process; SNIP's scores are
+  summed over 2 devices, which may reorder float sums, hence the tolerance), and the files are
+  written once, by process 0."""
+  args = ["--methods=magnitude,snip", "--sparsities=0.9", "--seeds=0", "--population_size=2"]
+  two, one = tmp_path / "2x1", tmp_path / "1x1"
+  (_, err0), (_, err1) = _run(tmp_path, two, args, num_processes=2, devices=1,
+                              binary="sweep.py")
+  _run(tmp_path, one, args, num_processes=1, devices=1, binary="sweep.py")
+  assert "1 members do not divide over 2 devices" in err0
+  assert "do not divide" not in err1  # process 1 reports nothing
+  for run in ("dense/seed0", "magnitude/s0.9/seed0", "snip/s0.9/seed0"):
+    results = [json.loads((root / run / "results.json").read_text()) for root in (two, one)]
+    assert results[0]["provenance"]["num_processes"] == 2, run
+    assert abs(results[0]["final_test_top1"] - results[1]["final_test_top1"]) <= 2e-4, run
+    np.testing.assert_allclose([h["train_loss"] for h in results[0]["history"]],
+                               [h["train_loss"] for h in results[1]["history"]], rtol=1e-4)
+  for run in ("magnitude/s0.9/seed0", "snip/s0.9/seed0"):
+    masks = [np.load(root / run / "masks.npz") for root in (two, one)]
+    assert masks[0].files == masks[1].files
+    for name in masks[0].files:
+      np.testing.assert_array_equal(masks[0][name], masks[1][name])
+  records = json.loads((two / "all_results.json").read_text())
+  assert sorted(r["method"] for r in records) == ["dense", "magnitude", "snip"]

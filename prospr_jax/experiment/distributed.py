@@ -44,7 +44,8 @@ def check_fields(config: Mapping[str, Any]) -> None:
 
 
 def initialize_distributed(config: Mapping[str, Any]) -> None:
-  """Joins a multi-process run if `config['enabled']` (`config`: `config.distributed`).
+  """Joins a multi-process run if `config['enabled']` (`config`: `config.distributed`); a
+  process that has joined already (a sweep's later runs) stays in its run.
 
   Calls `jax.distributed.initialize` with the fields of `CLUSTER_FIELDS` that are not None;
   those left None are detected from the environment (Cloud TPU, SLURM, Open MPI, ...). A
@@ -60,6 +61,8 @@ def initialize_distributed(config: Mapping[str, Any]) -> None:
   """
   check_fields(config)
   given = {k: config[k] for k in CLUSTER_FIELDS if config[k] is not None}
+  if config["enabled"] and jax.distributed.is_initialized():
+    return  # joined by an earlier run of this process (a sweep trains many)
   if not config["enabled"]:
     if given:
       raise ValueError(
@@ -179,3 +182,18 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
   )
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """Every leaf of `tree` as one numpy array of its global value, on every process.
+
+  A leaf whose shards lie on other processes' devices too is all-gathered
+  (`multihost_utils.process_allgather`): a collective, so every process must call this with
+  arrays of the same shapes and shardings, in the same order.
+  """
+  def fetch(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+  return jax.tree.map(fetch, tree)

@@ -451,9 +451,12 @@ def collect_records(root: str) -> list[dict[str, Any]]:
 
 
 def write_collection(root: str) -> list[dict[str, Any]]:
-  """(Re)writes `<root>/all_results.json` and `<root>/all_results.csv`; returns the records."""
-  os.makedirs(root, exist_ok=True)
+  """(Re)writes `<root>/all_results.json` and `<root>/all_results.csv` (process 0 of a
+  multi-process sweep); returns the records."""
   records = collect_records(root)
+  if jax.process_index() != 0:
+    return records
+  os.makedirs(root, exist_ok=True)
 
   def write_csv(f):
     writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")

@@ -26,7 +26,8 @@ the other members train on, unaffected.
 
 Several devices: `place_population(population, mesh)` shards the member axis over a 1-D
 'members' mesh (`members_mesh()`); the step and the evaluation then run each device's members
-locally (`jax.shard_map`), with the data replicated (`replicated(mesh)`). Single process only.
+locally (`jax.shard_map`), with the data replicated (`replicated(mesh)`); the mesh may span
+several processes (`population_sweep` reads the results with `distributed.to_host`).
 
 Typical use (`states`: P single-run `TrainState`s built as the training loop builds one, e.g.
 with one config's `make_optimizer`/`learning_rate_schedule` and each member's masks and
@@ -208,7 +209,10 @@ def place_population(population: Population, mesh: Mesh) -> Population:
     ValueError: P is not divisible by the number of devices of `mesh`.
   """
   _check_divisible(population.size, mesh)
-  return jax.device_put(population, NamedSharding(mesh, PartitionSpec(MEMBERS_AXIS)))
+  # An identity program rather than `jax.device_put`: it also reshards a population replicated
+  # over the devices of several processes.
+  sharding = NamedSharding(mesh, PartitionSpec(MEMBERS_AXIS))
+  return jax.jit(lambda p: p, out_shardings=sharding)(population)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

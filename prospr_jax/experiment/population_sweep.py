@@ -19,9 +19,15 @@ its `results.json` records `'diverged': {'step': N}` (as a single run's, see
 `train.train_and_evaluate`); the others train on. A member's `train_seconds` is the
 population's training time divided by the number of members.
 
-Limits: in-memory data sets only (`data.device_data.IN_MEMORY_SETS`), one process; with several
-local devices every device computes the whole population (the data and states are replicated).
-No TensorBoard summaries are written for members.
+Several devices, one process or several (`config.distributed`, every process running the same
+sweep over a file system they all see): the members are sharded over all devices
+(`population.members_mesh`; each device trains P / devices of them, with the data set
+replicated on every device) when the device count divides P; otherwise every device trains the
+whole population. Pruning is data-parallel over all devices, as in a single run; process 0
+writes the files.
+
+Limits: in-memory data sets only (`data.device_data.IN_MEMORY_SETS`). No TensorBoard
+summaries are written for members.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -64,9 +71,6 @@ def check_population_config(config: ml_collections.ConfigDict) -> None:
         f"config.dataset={config.dataset!r} cannot train as a population: populations need an "
         f"in-memory data set ({', '.join(device_data.IN_MEMORY_SETS)}). Use "
         "--population_size=1.")
-  if config.distributed.enabled:
-    raise ValueError("config.distributed.enabled=True cannot train as a population: "
-                     "populations run in one process. Use --population_size=1.")
 
 
 def _check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
@@ -129,6 +133,7 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
     raise ValueError(f"{len(configs)} configs for {len(workdirs)} workdirs; need one each.")
   check_population_config(configs[0])
   _check_members(configs)
+  distributed.initialize_distributed(configs[0].distributed)
   mesh = distributed.data_mesh()
   members = [_Member(c, w, mesh) for c, w in zip(configs, workdirs)]
   for member in members:
@@ -149,7 +154,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   results = []
   for member, density, meta in zip(members, densities, metas):
     result = train.results_dict(member.config, plan.data.info, density, meta)
-    atomic_files.write_json(os.path.join(member.workdir, "results.json"), result)
+    if jax.process_index() == 0:
+      atomic_files.write_json(os.path.join(member.workdir, "results.json"), result)
     results.append(result)
   return results
 
@@ -191,9 +197,9 @@ def _fold_members(metas: list[dict[str, Any]], pending: list[dict[str, jax.Array
                   first_step: int, pop: population.Population) -> None:
   """Folds the metrics of steps `first_step, ...` (1-based; `pending`, [P] each) into each
   live member's epoch sums, up to its divergence, which it records (`'diverged'`)."""
-  losses = np.stack([np.asarray(m["loss"]) for m in pending])  # [steps, P]
-  accuracies = np.stack([np.asarray(m["accuracy"]) for m in pending])
-  diverged_at = np.asarray(pop.diverged_at)  # 0-based step, -1: never
+  metrics = distributed.to_host(jax.tree.map(lambda *steps: jnp.stack(steps), *pending))
+  losses, accuracies = metrics["loss"], metrics["accuracy"]  # [steps, P]
+  diverged_at = distributed.to_host(pop.diverged_at)  # 0-based step, -1: never
   for i, meta in enumerate(metas):
     if meta["diverged"] is not None:
       continue
@@ -205,6 +211,19 @@ def _fold_members(metas: list[dict[str, Any]], pending: list[dict[str, jax.Array
                     "finite; it is frozen, the others train on.", i, diverged_at[i] + 1)
 
 
+def _placed(pop: population.Population
+            ) -> tuple[population.Population, jax.sharding.Mesh | None]:
+  """`pop` with its members sharded over every device and that mesh, when the device count
+  divides the number of members; else `pop` as it is (replicated) and None."""
+  mesh = population.members_mesh()
+  if mesh.size == 1 or pop.size % mesh.size:
+    if mesh.size > 1:
+      train.report("%d members do not divide over %d devices: every device trains all of "
+                    "them.", pop.size, mesh.size)
+    return pop, None
+  return population.place_population(pop, mesh), mesh
+
+
 def _train(plan: run_plan.RunPlan, pop: population.Population, metas: list[dict[str, Any]],
            manager: ocp.CheckpointManager, data: device_data.DeviceData,
            formulation: str | None) -> None:
@@ -212,9 +231,10 @@ def _train(plan: run_plan.RunPlan, pop: population.Population, metas: list[dict[
   its `metas[i]['history']` and checkpointing as a single run does (`train._train`)."""
   tp = plan.train
   batching = device_batches.Batching(tp.batch_size, tp.steps_per_epoch, plan.data.augment)
-  step_fn = population.make_train_step(batching, formulation)
-  evaluate_sums = population.make_evaluate_sums(formulation)
-  first_step = int(np.asarray(pop.train.step).max())
+  first_step = int(np.asarray(pop.train.step).max())  # replicated: every process holds it
+  pop, mesh = _placed(pop)
+  step_fn = population.make_train_step(batching, formulation, mesh)
+  evaluate_sums = population.make_evaluate_sums(formulation, mesh)
   start, pending = time.perf_counter(), []
   for step in range(first_step + 1, tp.total_steps + 1):
     pop, metrics = step_fn(pop, data.train, np.int32(step - 1))
@@ -227,7 +247,7 @@ def _train(plan: run_plan.RunPlan, pop: population.Population, metas: list[dict[
     pending = []
     if end_of_epoch:
       epoch = step // tp.steps_per_epoch
-      test = (jax.device_get(evaluate_sums(pop, data.test))
+      test = (distributed.to_host(evaluate_sums(pop, data.test))
               if epoch % tp.eval_every_epochs == 0 or epoch == tp.num_epochs else None)
       for i, meta in enumerate(metas):
         if meta["diverged"] is None:
