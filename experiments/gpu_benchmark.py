@@ -1,7 +1,7 @@
 r"""The paper's settings on one accelerator, beside the authors' PyTorch ProsPr, in a time budget.
 
   python experiments/gpu_benchmark.py --output_dir=/tmp/gpu --repeats=3
-  bash scripts/gpu_benchmark.sh     # the same with the time limits of the one-shot GPU run
+  bash scripts/gpu_benchmark.sh     # its 'cost' stage: the same within the one-call GPU run
 
 First, before JAX touches the accelerator, the reference (experiments/reference_benchmark.py,
 run with --torch_python, reading the authors' code from --reference_dir) on the same presets

@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from prospr_jax.benchmark import population_suite
 
 
@@ -16,3 +18,14 @@ def test_smoke_run_measures_every_setting_against_the_single_run():
       assert math.isfinite(row[key]) and row[key] > 0, (row, key)
   assert record["benchmark"] == "population" and record["code"] is not None
   assert "member steps/s" in population_suite.format_population_report(record)
+
+
+def test_one_formulation_keeps_the_single_run_baseline_and_unknown_ones_are_refused():
+  settings = dict(population_suite.SMOKE_SETTINGS, sizes=(2,), formulations=("vmap",),
+                  image_shape=(32, 32, 3))
+  record = population_suite.run_population_benchmark(**settings)
+  assert [(r["formulation"], r["size"]) for r in record["rows"]] == [("unrolled", 1),
+                                                                     ("vmap", 2)]
+  assert record["config"]["image_shape"] == [32, 32, 3]
+  with pytest.raises(ValueError, match=r"Unknown formulations \['scan'\]"):
+    population_suite.run_population_benchmark(**dict(settings, formulations=("scan",)))

@@ -36,10 +36,11 @@ SMOKE_SETTINGS = {"model_names": ("lenet300100",), "sizes": (1, 2), "batch_size"
 """`run_population_benchmark` keyword arguments of a tiny, fast run."""
 
 
-def member_state(model_name: str, seed: int) -> TrainState:
+def member_state(model_name: str, seed: int,
+                 image_shape: Sequence[int] = IMAGE_SHAPE) -> TrainState:
   """A masked single-run state at step 0: init seed `seed`, a random 50% mask per leaf."""
   model = models.get_model(model_name, NUM_CLASSES)
-  variables = models.init_variables(model, jax.random.PRNGKey(seed), IMAGE_SHAPE)
+  variables = models.init_variables(model, jax.random.PRNGKey(seed), tuple(image_shape))
   masks = jax.tree.map(
       lambda p: jax.random.bernoulli(jax.random.PRNGKey(1000 + seed), 0.5, p.shape),
       variables["params"])
@@ -72,29 +73,36 @@ def run_population_benchmark(
     batch_size: int = 128,
     steps: int = 10,
     repeats: int = 5,
+    image_shape: Sequence[int] = IMAGE_SHAPE,
+    formulations: Sequence[str] = pop_lib.FORMULATIONS,
 ) -> dict[str, Any]:
-  """Runs every setting; returns a 'population' `result_record` whose 'rows' are
+  """Runs every setting (each of `formulations` at each P of `sizes`, and always P = 1
+  'unrolled', the single-run baseline) on synthetic `image_shape` images; returns a
+  'population' `result_record` whose 'rows' are
   `{'model', 'formulation', 'size', 'compile_s', 'ms_per_step', 'member_steps_per_s',
   'vs_single_run', 'cores_busy', 'peak_mib_per_member'}` (`cores_busy`: CPU cores the
   process kept busy while stepping, `timing.RunTiming`)."""
-  if 1 not in sizes:
-    raise ValueError("sizes must include 1: P = 1 unrolled is the single-run baseline.")
+  unknown = set(formulations) - set(pop_lib.FORMULATIONS)
+  if unknown:
+    raise ValueError(f"Unknown formulations {sorted(unknown)}; choose from "
+                     f"{pop_lib.FORMULATIONS}.")
+  settings = list(dict.fromkeys([("unrolled", 1)] + [(f, p) for f in formulations
+                                                      for p in sizes]))
   rng = np.random.default_rng(0)
   split = device_batches.put_on_device(InMemorySplit(
-      "synthetic", rng.integers(0, 256, (NUM_EXAMPLES, *IMAGE_SHAPE), np.uint8),
+      "synthetic", rng.integers(0, 256, (NUM_EXAMPLES, *image_shape), np.uint8),
       rng.integers(0, NUM_CLASSES, NUM_EXAMPLES).astype(np.int32), NUM_CLASSES))
   batching = device_batches.Batching.for_split(NUM_EXAMPLES, batch_size)
   calls, compiled = {}, {}
   for model_name in model_names:
-    members = [member_state(model_name, seed) for seed in range(max(sizes))]
-    for formulation in pop_lib.FORMULATIONS:
-      for size in sizes:
-        step_fn = pop_lib.make_train_step(batching, formulation)
-        population = pop_lib.create_population(members[:size], range(size), NUM_EXAMPLES)
-        call = timing.compile_call(step_fn, population, split, np.int32(0))
-        compiled[model_name, formulation, size] = call
-        calls[model_name, formulation, size] = _Training(call.executable, population, split,
-                                                         steps)
+    members = [member_state(model_name, seed, image_shape) for seed in range(max(sizes))]
+    for formulation, size in settings:
+      step_fn = pop_lib.make_train_step(batching, formulation)
+      population = pop_lib.create_population(members[:size], range(size), NUM_EXAMPLES)
+      call = timing.compile_call(step_fn, population, split, np.int32(0))
+      compiled[model_name, formulation, size] = call
+      calls[model_name, formulation, size] = _Training(call.executable, population, split,
+                                                       steps)
   timings = timing.interleaved_timings(calls, repeats)
   rows = []
   for (model_name, formulation, size), run in timings.items():
@@ -110,7 +118,7 @@ def run_population_benchmark(
         / timing.BYTES_PER_MIB / size})
   config = {"model_names": list(model_names), "sizes": list(sizes), "batch_size": batch_size,
             "steps": steps, "repeats": repeats, "num_examples": NUM_EXAMPLES,
-            "image_shape": list(IMAGE_SHAPE)}
+            "image_shape": list(image_shape), "formulations": list(formulations)}
   return result_record.new_record("population", config, rows=rows)
 
 
