@@ -22,9 +22,17 @@ def test_provenance_names_this_checkouts_commit_and_the_versions():
   assert info["num_processes"] == 1
 
 
-def test_outside_a_checkout_the_commit_is_unknown(monkeypatch, tmp_path):
+def test_outside_a_checkout_the_commit_is_unknown_unless_named(monkeypatch, tmp_path):
   monkeypatch.setattr(provenance, "_SOURCE_DIR", str(tmp_path))
+  monkeypatch.delenv(provenance.COMMIT_ENV, raising=False)
   assert provenance.code_version() == {"git_commit": None, "git_dirty": None}
+  monkeypatch.setenv(provenance.COMMIT_ENV, "b" * 40)  # a copied tree, e.g. on a device
+  assert provenance.code_version() == {"git_commit": "b" * 40, "git_dirty": None}
+
+
+def test_inside_a_checkout_its_own_commit_wins_over_the_named_one(monkeypatch):
+  monkeypatch.setenv(provenance.COMMIT_ENV, "b" * 40)
+  assert provenance.code_version()["git_commit"] != "b" * 40
 
 
 def test_code_version_is_described_in_one_line():

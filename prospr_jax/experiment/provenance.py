@@ -12,6 +12,9 @@ import jax
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint")
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+COMMIT_ENV = "PROSPR_GIT_COMMIT"
+"""Names the commit of a copy of a clean checkout that has no `.git` (a tree copied to a device
+machine: `scripts/gpu_study.sh` sets it from the checkout it staged)."""
 
 
 def _git(*args: str) -> str | None:
@@ -31,11 +34,12 @@ def code_version() -> dict[str, Any]:
 
   `git_dirty` is True when a tracked file differs from the commit (untracked files such as
   results and work directories do not count); both are None when the package is not in a git
-  checkout (e.g. installed from a wheel).
+  checkout (e.g. installed from a wheel). Outside a checkout, `$PROSPR_GIT_COMMIT` (`COMMIT_ENV`)
+  names the commit if it is set, with `git_dirty` None: the copy cannot be checked here.
   """
   commit = _git("rev-parse", "HEAD")
   if commit is None:
-    return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": os.environ.get(COMMIT_ENV) or None, "git_dirty": None}
   status = _git("status", "--porcelain", "--untracked-files=no")
   return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
