@@ -272,6 +272,15 @@ def test_model_names():
                               "resnet50"}
 
 
+def test_a_model_built_twice_is_one_model():
+  """Population training trains members of one model only: a zoo model built twice must
+  compare equal (a fresh initializer closure per build, e.g. PyTorch's default bias, would
+  make the authors' networks unequal to themselves)."""
+  for name in MODEL_NAMES:
+    assert get_model(name, 10) == get_model(name, 10), name
+    assert get_model(name, 10) != get_model(name, 100), name
+
+
 def test_unknown_model_name():
   with pytest.raises(ValueError, match="valid names") as info:
     get_model("resnet21", 10)

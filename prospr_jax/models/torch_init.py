@@ -8,6 +8,7 @@ rescaled to the same variance), `torch.nn.init.kaiming_normal_` draws from a pla
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -27,9 +28,11 @@ DEFAULT_KERNEL: Initializer = jax.nn.initializers.variance_scaling(1 / 3, "fan_i
 `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`."""
 
 
+@functools.cache
 def default_bias(fan_in: int) -> Initializer:
   """PyTorch's default `nn.Conv2d` / `nn.Linear` bias for a layer with `fan_in` inputs per output:
-  `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`."""
+  `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`. One object per `fan_in`, so that two modules built
+  alike compare equal (population training requires its members to share one model)."""
   bound = 1 / math.sqrt(fan_in)
 
   def init(key: jax.Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32) -> jax.Array:
