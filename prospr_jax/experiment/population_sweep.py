@@ -6,7 +6,7 @@ they are trained together by one jitted step (`prospr_jax.experiment.population`
 member is pruned by its own method exactly as a single run is (`train.prune_and_start`: same
 initialization, pruning batches and `masks.npz`), trains on the batches a single run with its
 seed gets (`data.device_batches`), and writes the `results.json` a single run writes
-(`train.results_dict`: config, accuracy, density, connectivity, history, provenance), so
+(`train.write_results`: config, accuracy, density, connectivity, history, provenance), so
 collections and reports read members and single runs alike. A member's params agree with its
 single run's to float32 rounding (XLA fuses the population's program differently), so its
 accuracies are its single run's (in `tests/test_population_sweep.py`, exactly).
@@ -45,7 +45,7 @@ import orbax.checkpoint as ocp
 
 from prospr_jax import masks as masks_lib
 from prospr_jax.experiment import (
-    atomic_files, distributed, epoch_metrics, population, run_data, run_grouping, run_plan, train)
+    distributed, epoch_metrics, population, run_data, run_grouping, run_plan, train)
 from prospr_jax.experiment.data import device_batches, device_data
 from prospr_jax.experiment.train_step import TrainState, learning_rate_schedule
 
@@ -153,10 +153,8 @@ def train_population(configs: Sequence[ml_collections.ConfigDict], workdirs: Seq
   _train(plan, pop, metas, manager, data, formulation)
   results = []
   for member, density, meta in zip(members, densities, metas):
-    result = train.results_dict(member.config, plan.data.info, density, meta)
-    if jax.process_index() == 0:
-      atomic_files.write_json(os.path.join(member.workdir, "results.json"), result)
-    results.append(result)
+    results.append(train.write_results(member.config, member.workdir, plan.data.info,
+                                       density, meta))
   return results
 
 

@@ -5,7 +5,8 @@ Beside accuracy (mean ± sample std over seeds), the reference method (the decla
 reference) is compared with every other arm seed by seed: with a 95% Student-t interval per
 comparison, and corrected for the whole family of comparisons (Holm-Bonferroni verdicts with
 Bonferroni intervals, `study_statistics`), at equal nominal density and at matched effective
-density. Extra tables: effective density, convergence (arms trained twice as long), sanity checks, mask-finding time.
+density. Extra tables: effective density, convergence (arms trained twice as long), sanity
+checks, mask-finding time.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from prospr_jax.experiment.study_records import (
     Record,
     Stats,
     check_provenance,
+    convergence_base,
     dense_stats,
     group_stats,
-    convergence_base,
     is_convergence_arm,
     is_sanity_arm,
     ordered_methods,
@@ -239,9 +240,9 @@ def convergence_table(records: Sequence[Record], expected_seeds: int | None = No
   rows = []
   for arm in sorted({r["method"] for r in records if is_convergence_arm(r["method"])}):
     base = convergence_base(arm)
-    gains = paired_differences(records, reference=arm)
+    gains = study_statistics.paired_differences(records, arm, [base])  # arm minus base
     for sparsity in sorted({float(r["sparsity"]) for r in records if r["method"] == arm}):
-      gain = gains.get((base, sparsity))
+      gain = mean_interval(gains[(base, sparsity)]) if (base, sparsity) in gains else None
       verdict = "—" if gain is None else (
           "yes" if gain.mean <= CONVERGENCE_TOLERANCE else "**no**")
       rows.append([base, sparsity_label(sparsity),
@@ -331,8 +332,8 @@ def write_report(records: Sequence[Record], output_dir: str,
   arms left out) and, where the records have them: the paired differences against the declared
   report reference (`registry.report_reference()`), uncorrected and corrected for the family,
   at equal nominal and at matched effective density; the effective density; the convergence
-  check (every '+x2' arm against its base arm); the sanity checks (and each method minus its sanity arms, uncorrected and
-  corrected); the mask-finding times. Refuses records from several commits unless
+  check (every '+x2' arm against its base arm); the sanity checks (and each method minus its
+  sanity arms, uncorrected and corrected); the mask-finding times. Refuses records from several commits unless
   `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
   commits = check_provenance(records, allow_mixed_commits)

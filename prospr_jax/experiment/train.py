@@ -332,7 +332,7 @@ def _prune_train_and_report(config: ml_collections.ConfigDict, workdir: str,
   _train(plan, state, meta, schedule, manager, writer, data, watch)
   if writer is not None:
     writer.close()
-  return _write_results(config, workdir, plan.data.info, density, meta)
+  return write_results(config, workdir, plan.data.info, density, meta)
 
 
 def _set_up(config: ml_collections.ConfigDict, workdir: str) -> tuple[run_plan.RunPlan, Mesh]:
@@ -508,7 +508,7 @@ def results_dict(
   }
 
 
-def _write_results(
+def write_results(
     config: ml_collections.ConfigDict,
     workdir: str,
     info: DatasetInfo,
