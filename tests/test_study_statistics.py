@@ -75,10 +75,35 @@ def test_report_writes_the_corrected_and_matched_tables(tmp_path):
               ("snip", 0.9): [0.70, 0.72, 0.69], ("snip", 0.95): [0.60, 0.61, 0.62]}
   records = [dict(r, git_commit="c", git_dirty=False, workdir="w")
              for r in _records(accuracy, effective)]
-  paths = study_report.write_report(records, str(tmp_path))
+  paths = study_report.write_report(records, str(tmp_path), average_sparsities=[0.9, 0.95])
   text = (tmp_path / study_report.TABLE_FILE).read_text()
   assert "Holm-Bonferroni correction over all 2 comparisons" in text
+  assert "averaged over the densities at sparsity 90%, 95%" in text
+  assert "correction over the 1 arm(s)" in text
   assert "at prospr's effective density" in text
   assert text.count("ahead (p=") >= 2
   assert {p.rsplit("/", 1)[-1] for p in paths} >= {study_report.EFFECTIVE_PLOT_FILE,
                                                     study_report.DIFFERENCES_PLOT_FILE}
+
+
+def test_a_range_comparison_averages_each_seed_then_compares_over_seeds(tmp_path):
+  accuracy = {("prospr", 0.9): [0.80, 0.81, 0.79], ("prospr", 0.95): [0.75, 0.76, 0.74],
+              ("snip", 0.9): [0.79, 0.80, 0.80], ("snip", 0.95): [0.73, 0.75, 0.72],
+              ("late", 0.9): [0.70, 0.70, 0.70]}  # no run at 0.95: no range comparison
+  records = _records(accuracy)
+  records = [r for r in records if (r["method"], r["sparsity"], r["seed"]) != ("snip", 0.95, 2)]
+  diffs = st.range_mean_differences(records, "prospr", ["snip", "late"], [0.9, 0.95])
+  # Seeds 0 and 1 ran both densities: (1 + 2) / 2 and (1 + 1) / 2 points.
+  assert diffs == {("snip", None): pytest.approx([1.5, 1.0])}
+  records += [{"method": "snip", "sparsity": 0.95, "seed": 2, "final_test_top1": 0.72}]
+  family = study_report.range_comparisons(records, [0.9, 0.95])
+  assert [c.arm for c in family] == ["snip"]
+  per_seed = np.array([1.5, 1.0, (-1 + 2) / 2])
+  half = scipy.stats.t.ppf(1 - st.ALPHA / 2, 2) * per_seed.std(ddof=1) / math.sqrt(3)
+  (c,) = family
+  assert (c.sparsity, c.n, c.mean) == (None, 3, pytest.approx(per_seed.mean()))
+  assert (c.low, c.high) == pytest.approx((per_seed.mean() - half, per_seed.mean() + half))
+  assert c.p_value == pytest.approx(scipy.stats.ttest_1samp(per_seed, 0.0).pvalue)
+  assert "| snip | " in study_report.range_table(family, [0.9, 0.95])
+  with pytest.raises(ValueError, match=r"No pruned runs at sparsity \[0\.99\]"):
+    study_report.range_comparisons(records, [0.9, 0.99])

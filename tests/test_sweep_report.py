@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from prospr_jax.experiment import grid_sweep, study_plots, study_report
+from prospr_jax.experiment import grid_sweep, study_plots, study_records, study_report
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -358,3 +358,20 @@ def test_population_sweep_in_chunks_and_a_failing_population(tmp_path):
   assert rest.ran == [point("magnitude", 0.99, 0), point("dense", 0.0, 1), point("snip", 0.9, 1)]
   assert rest.failed == [point("magnitude", 0.9, 1), point("snip", 0.99, 1),
                          point("magnitude", 0.99, 1)]
+
+
+def test_selected_arms_make_the_corrected_family():
+  arms = ("dense", "dense+x2", "prospr", "prospr+shuffle", "prospr+x2", "snip", "synflow",
+          "synflow+shuffle", "random+erk")
+  records = [_record(m, 0.0 if m.startswith("dense") else 0.9, s, 0.8 + 0.01 * s + 0.001 * i)
+             for i, m in enumerate(arms) for s in range(3)]
+  kept = study_records.select_arms(records, ["prospr", "snip", "random+erk"])
+  assert sorted({r["method"] for r in kept}) == [
+      "dense", "dense+x2", "prospr", "prospr+shuffle", "prospr+x2", "random+erk", "snip"]
+  def family(rs):  # what write_report corrects: the pruned arms, no convergence arms
+    return sorted(c.arm for c in study_report.reference_comparisons(
+        [r for r in rs if not study_records.is_convergence_arm(r["method"])]))
+  assert family(kept) == ["random+erk", "snip"]
+  assert family(records) == ["random+erk", "snip", "synflow"]
+  with pytest.raises(ValueError, match=r"No records of the arm\(s\) \['snp'\]"):
+    study_records.select_arms(records, ["prospr", "snp"])

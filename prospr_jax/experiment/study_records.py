@@ -65,6 +65,32 @@ def convergence_base(arm: str) -> str:
   return "+".join([method] + [m for m in modifiers if m not in TRAINING_LENGTH_MODIFIERS])
 
 
+def base_arm(arm: str) -> str:
+  """The arm with its sanity-check and training-length modifiers removed: 'prospr+shuffle' ->
+  'prospr', 'dense+x2' -> 'dense', 'random+erk' -> 'random+erk'."""
+  method, modifiers = parse_arm(arm)
+  kept = [m for m in modifiers if m not in SANITY_MODIFIERS + TRAINING_LENGTH_MODIFIERS]
+  return "+".join([method] + kept)
+
+
+def select_arms(records: Sequence[Record], arms: Sequence[str]) -> list[Record]:
+  """The records of `arms`, of their sanity-check and convergence arms, and of the dense arms.
+
+  A report of a pre-specified set of arms is one corrected family, whatever other arms the
+  study's directory holds.
+
+  Raises:
+    ValueError: if an arm of `arms` has no record (a misspelled arm would otherwise shrink the
+      family silently).
+  """
+  present = {base_arm(r["method"]) for r in records}
+  missing = sorted(set(arms) - present)
+  if missing:
+    raise ValueError(f"No records of the arm(s) {missing}; the records have {sorted(present)}.")
+  wanted = set(arms) | {DENSE}
+  return [r for r in records if base_arm(r["method"]) in wanted]
+
+
 def ordered_methods(records: Sequence[Record]) -> list[str]:
   """Pruned arms present (sparsity > 0), the row order of the tables: arms of registered
   methods in declaration order (`registry.METHODS`; each method's plain arm, then its arms

@@ -5,7 +5,8 @@ Beside accuracy (mean ± sample std over seeds), the reference method (the decla
 reference) is compared with every other arm seed by seed: with a 95% Student-t interval per
 comparison, and corrected for the whole family of comparisons (Holm-Bonferroni verdicts with
 Bonferroni intervals, `study_statistics`), at equal nominal density and at matched effective
-density. Extra tables: effective density, convergence (arms trained twice as long), sanity
+density, and, over a stated range of densities, its mean advantage (one comparison per arm).
+Extra tables: effective density, convergence (arms trained twice as long), sanity
 checks, mask-finding time.
 """
 
@@ -204,6 +205,39 @@ def corrected_table(comparisons: Sequence[study_statistics.Comparison], what: st
   return _markdown_table(title, [row_label] + [sparsity_label(s) for s in sparsities], rows)
 
 
+def range_comparisons(records: Sequence[Record], sparsities: Sequence[float],
+                      reference: str | None = None) -> list[study_statistics.Comparison]:
+  """The reference minus every other pruned arm (no sanity arms), averaged per seed over
+  `sparsities`, as one corrected family (`study_statistics.range_mean_differences`).
+
+  Raises:
+    ValueError: if a sparsity of `sparsities` has no pruned run.
+  """
+  missing = sorted(set(map(float, sparsities)) - set(ordered_sparsities(records)))
+  if missing:
+    raise ValueError(f"No pruned runs at sparsity {missing}; the runs have "
+                     f"{ordered_sparsities(records)}.")
+  reference = reference or registry.report_reference()
+  arms = [m for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+  return study_statistics.correct_family(
+      study_statistics.range_mean_differences(records, reference, arms, sparsities))
+
+
+def range_table(comparisons: Sequence[study_statistics.Comparison],
+                sparsities: Sequence[float], reference: str | None = None) -> str:
+  """Markdown table of `range_comparisons`: one row per arm."""
+  reference = reference or registry.report_reference()
+  m = len(comparisons)
+  title = (f"{reference} minus each method averaged over the densities at sparsity "
+           f"{', '.join(sparsity_label(s) for s in sorted(sparsities))} (each seed's "
+           f"differences averaged, then compared over the seeds that ran all of them), final "
+           f"test top-1 in points: mean [{1 - study_statistics.ALPHA / max(m, 1):.2%} "
+           f"Bonferroni interval], and the verdict of a Holm-Bonferroni correction over the "
+           f"{m} arm(s) (family-wise error {study_statistics.ALPHA}) with its adjusted p-value.")
+  rows = [[c.arm, format_comparison(c), str(c.n)] for c in comparisons]
+  return _markdown_table(title, ["method", f"{reference} minus method", "seeds"], rows)
+
+
 def connectivity_table(records: Sequence[Record]) -> str:
   """Markdown table: mean effective density (%) and mean share of inactive kept weights, and
   the number of runs with a disconnected layer, per pruned arm and sparsity."""
@@ -324,17 +358,19 @@ def sanity_comparisons(records: Sequence[Record]) -> list[study_statistics.Compa
 def write_report(records: Sequence[Record], output_dir: str,
                  density_sparsity: float | None = None,
                  expected_seeds: int | None = None,
-                 allow_mixed_commits: bool = False) -> list[str]:
+                 allow_mixed_commits: bool = False,
+                 average_sparsities: Sequence[float] | None = None) -> list[str]:
   """Writes `results_table.md` and the plots (`ACCURACY_PLOT_FILE` and, where the records
   allow, the others of `PLOT_FILES`).
 
   The markdown file holds the accuracy table of the pruned arms (sanity-check and convergence
   arms left out) and, where the records have them: the paired differences against the declared
   report reference (`registry.report_reference()`), uncorrected and corrected for the family,
-  at equal nominal and at matched effective density; the effective density; the convergence
+  at equal nominal and at matched effective density, and averaged over `average_sparsities`
+  (when given); the effective density; the convergence
   check (every '+x2' arm against its base arm); the sanity checks (and each method minus its
-  sanity arms, uncorrected and corrected); the mask-finding times. Refuses records from several commits unless
-  `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
+  sanity arms, uncorrected and corrected); the mask-finding times. Refuses records from several
+  commits unless `allow_mixed_commits` (see `check_provenance`). Returns the paths written.
   """
   commits = check_provenance(records, allow_mixed_commits)
   main = [r for r in records
@@ -349,6 +385,9 @@ def write_report(records: Sequence[Record], output_dir: str,
   effective = any(r.get("effective_density_total") is not None for r in main)
   if compared:
     comparisons = reference_comparisons(main)
+    if average_sparsities:
+      sections.append(range_table(range_comparisons(main, average_sparsities),
+                                  average_sparsities))
     sections += [paired_table(main), corrected_table(
         comparisons, f"{reference} minus each method at equal density (corrected)")]
     if effective:
