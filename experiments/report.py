@@ -9,7 +9,8 @@ at equal and at matched effective density, effective density, convergence, sanit
 mask-finding times) and the plots `accuracy_vs_sparsity.png`,
 `accuracy_vs_effective_density.png`, `differences_to_reference.png` and `layer_density.png`
 (per-layer density at --density_sparsity); `--average_sparsities` adds ProsPr's advantage
-averaged over those densities, one comparison per method. `--root` reads every results.json
+averaged over those densities, one comparison per method (a table and
+`range_differences.png`). `--root` reads every results.json
 under a sweep directory afresh instead of its all_results.json. `--methods` reports only those
 arms (with their sanity-check and convergence arms, and dense): the corrected family is then
 the one named, not whatever else the directory holds. Results from more than one git commit (or

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from prospr_jax.experiment import study_report, study_statistics as st
+from prospr_jax.experiment import study_plots, study_report, study_statistics as st
 
 
 def test_holm_adjustment_matches_a_hand_computation():
@@ -83,7 +83,10 @@ def test_report_writes_the_corrected_and_matched_tables(tmp_path):
   assert "at prospr's effective density" in text
   assert text.count("ahead (p=") >= 2
   assert {p.rsplit("/", 1)[-1] for p in paths} >= {study_report.EFFECTIVE_PLOT_FILE,
-                                                    study_report.DIFFERENCES_PLOT_FILE}
+                                                    study_report.DIFFERENCES_PLOT_FILE,
+                                                    study_report.RANGE_PLOT_FILE}
+  with open(tmp_path / study_report.RANGE_PLOT_FILE, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_range_comparison_averages_each_seed_then_compares_over_seeds(tmp_path):
@@ -107,3 +110,19 @@ def test_a_range_comparison_averages_each_seed_then_compares_over_seeds(tmp_path
   assert "| snip | " in study_report.range_table(family, [0.9, 0.95])
   with pytest.raises(ValueError, match=r"No pruned runs at sparsity \[0\.99\]"):
     study_report.range_comparisons(records, [0.9, 0.99])
+
+
+def test_difference_plots_keep_working_methods_on_scale_and_mark_collapses(tmp_path):
+  def comparison(arm, mean, half):
+    return st.Comparison(arm, 0.99, mean, mean - half, mean + half, 3, 0.5, 1.0)
+
+  family = [comparison("snip", 0.4, 0.8), comparison("synflow", -0.6, 1.0),
+            comparison("magnitude", 76.4, 3.0)]  # a collapse: chance against a trained network
+  low, high = study_plots.difference_limits(family)
+  assert -1.6 - 0.35 <= low < -1.6 and 1.2 < high <= 1.2 + 0.35  # the working methods, a margin
+  wide = [comparison("grasp", 5.0, 20.0), comparison("magnitude", -70.0, 1.0)]
+  assert study_plots.difference_limits(wide) == (-study_plots.OFF_SCALE_POINTS,
+                                                 study_plots.OFF_SCALE_POINTS)
+  study_plots.plot_paired_differences(family, "prospr", str(tmp_path / "d.png"))
+  study_plots.plot_range_differences(family, "prospr", [0.9, 0.99], str(tmp_path / "r.png"))
+  assert (tmp_path / "d.png").stat().st_size > 0 and (tmp_path / "r.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """Plots of a study's records: accuracy against density and against effective density (with
 collapsed runs marked, not squeezing the rest), per-layer densities, and the paired
-differences to the reference with their family-wise corrected intervals.
+differences to the reference with their family-wise corrected intervals, per density and
+averaged over a range (differences of a collapse marked at the edge, not squeezing the rest).
 
 Drawn on Agg canvases (no display, no pyplot state).
 """
@@ -160,29 +161,89 @@ def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
           f"{metric.replace('_', ' ')} (%)")
 
 
+OFF_SCALE_POINTS = 10.0
+"""Differences beyond ± this many points (a collapsed network at chance against a trained one;
+working methods differ by about a point) are drawn as arrows at the edge with their value, so
+that they do not squeeze the others into one band."""
+
+
+def difference_limits(comparisons: Sequence[Comparison]) -> tuple[float, float]:
+  """Axis range of the differences: the corrected intervals of the comparisons within
+  ±`OFF_SCALE_POINTS`, with a margin, never wider than ±`OFF_SCALE_POINTS` and always
+  showing 0."""
+  ends = [0.0] + [e for c in comparisons if abs(c.mean) <= OFF_SCALE_POINTS
+                  for e in (c.mean, c.low, c.high) if not math.isnan(e)]
+  low, high = min(ends), max(ends)
+  margin = 0.1 * (high - low) or 1.0
+  return max(low - margin, -OFF_SCALE_POINTS), min(high + margin, OFF_SCALE_POINTS)
+
+
+def _draw_difference(ax: Any, position: float, c: Comparison, color: Any,
+                     limits: tuple[float, float], vertical: bool) -> None:
+  """One comparison at `position`: its mean and corrected interval (values along y when
+  `vertical`, else along x), hollow when 'indistinguishable'; a mean outside `limits` is an
+  arrow at the edge labelled with its value."""
+  fill = "none" if c.verdict == "indistinguishable" else "full"
+  if limits[0] <= c.mean <= limits[1]:
+    err = [[_nan_to_zero(c.mean - c.low)], [_nan_to_zero(c.high - c.mean)]]
+    xy = ([position], [c.mean]) if vertical else ([c.mean], [position])
+    ax.errorbar(*xy, **{"yerr" if vertical else "xerr": err}, capsize=3, color=color,
+                marker="o", ms=5, fillstyle=fill)
+    return
+  edge = limits[1] if c.mean > 0 else limits[0]
+  marker = ("^" if c.mean > 0 else "v") if vertical else (">" if c.mean > 0 else "<")
+  xy = (position, edge) if vertical else (edge, position)
+  ax.plot(*xy, marker=marker, ms=8, color=color, fillstyle=fill, clip_on=False)
+  ax.annotate(f"{c.mean:+.1f}", xy, textcoords="offset points", fontsize=7, color=color,
+              xytext=(0, -11 if c.mean > 0 else 6) if vertical else (-8 if c.mean > 0 else 8, 5),
+              ha="center" if vertical else ("right" if c.mean > 0 else "left"))
+
+
 def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
                             path: str) -> None:
   """The reference minus each arm per density, with the family-wise corrected intervals
   (`study_statistics`): one line per arm, the x axis as in `plot_accuracy_vs_sparsity`, a
-  dashed zero line; a filled marker where the corrected verdict is not 'indistinguishable'."""
+  dashed zero line; a filled marker where the corrected verdict is not 'indistinguishable';
+  differences beyond ±`OFF_SCALE_POINTS` as labelled arrows at the edge."""
   arms = list(dict.fromkeys(c.arm for c in comparisons))
   colors = _method_colors(arms)
+  limits = difference_limits(comparisons)
   fig, ax = _new_figure(7.0, 4.5)
   _sparsity_axis(ax, sorted({c.sparsity for c in comparisons}))
+  ax.set_ylim(*limits)
   for i, arm in enumerate(arms):
     mine = sorted((c for c in comparisons if c.arm == arm), key=lambda c: c.sparsity)
     shift = 1.0 + 0.02 * (i - (len(arms) - 1) / 2)  # side by side, not on top of each other
-    x = np.array([(1.0 - c.sparsity) * shift for c in mine])
-    mean = np.array([c.mean for c in mine])
-    err = np.array([[_nan_to_zero(c.mean - c.low) for c in mine],
-                    [_nan_to_zero(c.high - c.mean) for c in mine]])
-    ax.errorbar(x, mean, yerr=err, marker="", capsize=3, color=colors[arm], label=arm)
+    x = [(1.0 - c.sparsity) * shift for c in mine]
+    on_scale = [(xi, c.mean) for xi, c in zip(x, mine) if limits[0] <= c.mean <= limits[1]]
+    ax.plot(*zip(*on_scale) if on_scale else ([], []), color=colors[arm], label=arm)
     for xi, c in zip(x, mine):
-      ax.plot(xi, c.mean, marker="o", ms=5, color=colors[arm],
-              fillstyle="none" if c.verdict == "indistinguishable" else "full")
+      _draw_difference(ax, xi, c, colors[arm], limits, vertical=True)
   ax.axhline(0.0, color="black", ls="--", lw=1.0)
-  _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0",
-          f"{reference} minus arm (points)")
+  _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0; "
+          f"arrow: beyond ±{OFF_SCALE_POINTS:g} points", f"{reference} minus arm (points)")
+
+
+def plot_range_differences(comparisons: Sequence[Comparison], reference: str,
+                           sparsities: Sequence[float], path: str) -> None:
+  """The reference minus each arm averaged over `sparsities` (`study_statistics`), one row per
+  arm with its family-wise corrected interval, drawn as in `plot_paired_differences`."""
+  arms = [c.arm for c in comparisons]
+  colors = _method_colors(arms)
+  limits = difference_limits(comparisons)
+  fig, ax = _new_figure(6.0, 0.45 * len(arms) + 1.6)
+  ax.set_xlim(*limits)
+  for y, c in enumerate(comparisons):
+    _draw_difference(ax, y, c, colors[c.arm], limits, vertical=False)
+  ax.axvline(0.0, color="black", ls="--", lw=1.0)
+  ax.set_yticks(range(len(arms)), arms)
+  ax.set_ylim(len(arms) - 0.5, -0.5)
+  ax.set_title(f"averaged over sparsity {sparsity_label(min(sparsities))} to "
+               f"{sparsity_label(max(sparsities))}\nfilled: the corrected interval excludes 0; "
+               f"arrow: beyond ±{OFF_SCALE_POINTS:g} points", fontsize=9)
+  ax.set_xlabel(f"{reference} minus arm (points)")
+  ax.grid(True, alpha=0.3)
+  fig.savefig(path, dpi=120)
 
 
 def layer_densities(records: Sequence[Record], sparsity: float

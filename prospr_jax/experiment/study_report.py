@@ -46,6 +46,7 @@ ACCURACY_PLOT_FILE = "accuracy_vs_sparsity.png"
 DENSITY_PLOT_FILE = "layer_density.png"
 EFFECTIVE_PLOT_FILE = "accuracy_vs_effective_density.png"
 DIFFERENCES_PLOT_FILE = "differences_to_reference.png"
+RANGE_PLOT_FILE = "range_differences.png"
 
 
 def format_cell(stats: Stats | None, expected_seeds: int, bold: bool = False) -> str:
@@ -361,7 +362,8 @@ def write_report(records: Sequence[Record], output_dir: str,
                  allow_mixed_commits: bool = False,
                  average_sparsities: Sequence[float] | None = None) -> list[str]:
   """Writes `results_table.md` and the plots (`ACCURACY_PLOT_FILE` and, where the records
-  allow, the others of `PLOT_FILES`).
+  allow, `EFFECTIVE_PLOT_FILE`, `DIFFERENCES_PLOT_FILE`, `RANGE_PLOT_FILE` and
+  `DENSITY_PLOT_FILE`).
 
   The markdown file holds the accuracy table of the pruned arms (sanity-check and convergence
   arms left out) and, where the records have them: the paired differences against the declared
@@ -385,9 +387,9 @@ def write_report(records: Sequence[Record], output_dir: str,
   effective = any(r.get("effective_density_total") is not None for r in main)
   if compared:
     comparisons = reference_comparisons(main)
-    if average_sparsities:
-      sections.append(range_table(range_comparisons(main, average_sparsities),
-                                  average_sparsities))
+    ranged = range_comparisons(main, average_sparsities) if average_sparsities else []
+    if ranged:
+      sections.append(range_table(ranged, average_sparsities))
     sections += [paired_table(main), corrected_table(
         comparisons, f"{reference} minus each method at equal density (corrected)")]
     if effective:
@@ -417,6 +419,9 @@ def write_report(records: Sequence[Record], output_dir: str,
   if compared:
     paths.append(os.path.join(output_dir, DIFFERENCES_PLOT_FILE))
     study_plots.plot_paired_differences(comparisons, reference, paths[-1])
+    if ranged:
+      paths.append(os.path.join(output_dir, RANGE_PLOT_FILE))
+      study_plots.plot_range_differences(ranged, reference, average_sparsities, paths[-1])
   if any(r.get("layer_density") for r in main if float(r["sparsity"]) > 0):
     paths.append(os.path.join(output_dir, DENSITY_PLOT_FILE))
     study_plots.plot_layer_density(main, paths[-1], density_sparsity)
