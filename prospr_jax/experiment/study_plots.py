@@ -179,10 +179,11 @@ def difference_limits(comparisons: Sequence[Comparison]) -> tuple[float, float]:
 
 
 def _draw_difference(ax: Any, position: float, c: Comparison, color: Any,
-                     limits: tuple[float, float], vertical: bool) -> None:
+                     limits: tuple[float, float], vertical: bool, label_row: int = 0) -> None:
   """One comparison at `position`: its mean and corrected interval (values along y when
   `vertical`, else along x), hollow when 'indistinguishable'; a mean outside `limits` is an
-  arrow at the edge labelled with its value."""
+  arrow at the edge labelled with its value, the label moved inwards by `label_row` lines (for
+  several arrows at one edge of one position)."""
   fill = "none" if c.verdict == "indistinguishable" else "full"
   if limits[0] <= c.mean <= limits[1]:
     err = [[_nan_to_zero(c.mean - c.low)], [_nan_to_zero(c.high - c.mean)]]
@@ -194,8 +195,10 @@ def _draw_difference(ax: Any, position: float, c: Comparison, color: Any,
   marker = ("^" if c.mean > 0 else "v") if vertical else (">" if c.mean > 0 else "<")
   xy = (position, edge) if vertical else (edge, position)
   ax.plot(*xy, marker=marker, ms=8, color=color, fillstyle=fill, clip_on=False)
+  inward = 6 + 9 * label_row
   ax.annotate(f"{c.mean:+.1f}", xy, textcoords="offset points", fontsize=7, color=color,
-              xytext=(0, -11 if c.mean > 0 else 6) if vertical else (-8 if c.mean > 0 else 8, 5),
+              xytext=((0, -inward - 5 if c.mean > 0 else inward) if vertical
+                      else (-8 if c.mean > 0 else 8, 5)),
               ha="center" if vertical else ("right" if c.mean > 0 else "left"))
 
 
@@ -211,14 +214,18 @@ def plot_paired_differences(comparisons: Sequence[Comparison], reference: str,
   fig, ax = _new_figure(7.0, 4.5)
   _sparsity_axis(ax, sorted({c.sparsity for c in comparisons}))
   ax.set_ylim(*limits)
+  off_scale_rows: dict[tuple[float, bool, bool], int] = defaultdict(int)
   for i, arm in enumerate(arms):
     mine = sorted((c for c in comparisons if c.arm == arm), key=lambda c: c.sparsity)
     shift = 1.0 + 0.02 * (i - (len(arms) - 1) / 2)  # side by side, not on top of each other
     x = [(1.0 - c.sparsity) * shift for c in mine]
-    on_scale = [(xi, c.mean) for xi, c in zip(x, mine) if limits[0] <= c.mean <= limits[1]]
-    ax.plot(*zip(*on_scale) if on_scale else ([], []), color=colors[arm], label=arm)
+    line = [c.mean if limits[0] <= c.mean <= limits[1] else math.nan for c in mine]
+    ax.plot(x, line, color=colors[arm], label=arm)  # broken where a difference is off scale
     for xi, c in zip(x, mine):
-      _draw_difference(ax, xi, c, colors[arm], limits, vertical=True)
+      side = (c.sparsity, c.mean > limits[1], c.mean < limits[0])
+      _draw_difference(ax, xi, c, colors[arm], limits, vertical=True,
+                       label_row=off_scale_rows[side])
+      off_scale_rows[side] += any(side[1:])
   ax.axhline(0.0, color="black", ls="--", lw=1.0)
   _finish(fig, ax, path, "sparsity; filled marker: the corrected interval excludes 0; "
           f"arrow: beyond ±{OFF_SCALE_POINTS:g} points", f"{reference} minus arm (points)")

@@ -379,7 +379,8 @@ def write_report(records: Sequence[Record], output_dir: str,
           if not (is_sanity_arm(r["method"]) or is_convergence_arm(r["method"]))]
   os.makedirs(output_dir, exist_ok=True)
   paths = [os.path.join(output_dir, f) for f in (TABLE_FILE, ACCURACY_PLOT_FILE)]
-  sections = [f"Runs: {len(records)}; code: {', '.join(str(c) for c in commits)}.\n",
+  code = ", ".join("not recorded" if c is None else str(c) for c in commits)
+  sections = [f"Runs: {len(records)}; code: {code}.\n",
               results_table(main, expected_seeds=expected_seeds)]
   pruned = {r["method"] for r in main if float(r["sparsity"]) > 0}
   reference = registry.report_reference()
