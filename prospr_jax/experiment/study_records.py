@@ -59,18 +59,21 @@ def is_convergence_arm(arm: str) -> bool:
   return any(m in TRAINING_LENGTH_MODIFIERS for m in parse_arm(arm)[1])
 
 
+def _without_modifiers(arm: str, dropped: Sequence[str]) -> str:
+  """`arm` with the modifiers in `dropped` removed."""
+  method, modifiers = parse_arm(arm)
+  return "+".join([method] + [m for m in modifiers if m not in dropped])
+
+
 def convergence_base(arm: str) -> str:
   """The arm a convergence arm trains longer: 'prospr+erk+x2' -> 'prospr+erk'."""
-  method, modifiers = parse_arm(arm)
-  return "+".join([method] + [m for m in modifiers if m not in TRAINING_LENGTH_MODIFIERS])
+  return _without_modifiers(arm, TRAINING_LENGTH_MODIFIERS)
 
 
 def base_arm(arm: str) -> str:
   """The arm with its sanity-check and training-length modifiers removed: 'prospr+shuffle' ->
   'prospr', 'dense+x2' -> 'dense', 'random+erk' -> 'random+erk'."""
-  method, modifiers = parse_arm(arm)
-  kept = [m for m in modifiers if m not in SANITY_MODIFIERS + TRAINING_LENGTH_MODIFIERS]
-  return "+".join([method] + kept)
+  return _without_modifiers(arm, SANITY_MODIFIERS + TRAINING_LENGTH_MODIFIERS)
 
 
 def select_arms(records: Sequence[Record], arms: Sequence[str]) -> list[Record]:

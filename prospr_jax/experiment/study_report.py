@@ -180,12 +180,17 @@ def format_comparison(comparison: study_statistics.Comparison | None) -> str:
           f"{comparison.verdict} (p={comparison.holm_p:.2g})")
 
 
+def _compared_arms(records: Sequence[Record], reference: str) -> list[str]:
+  """The pruned arms compared with the reference: every other arm but the sanity checks."""
+  return [m for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+
+
 def reference_comparisons(records: Sequence[Record], matched_effective: bool = False,
                           reference: str | None = None) -> list[study_statistics.Comparison]:
   """The reference minus every other pruned arm (no sanity arms) at every density, as one
   corrected family; at equal nominal density, or at the reference's effective density."""
   reference = reference or registry.report_reference()
-  arms = [m for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+  arms = _compared_arms(records, reference)
   differences = (study_statistics.matched_effective_differences if matched_effective
                  else study_statistics.paired_differences)(records, reference, arms)
   return study_statistics.correct_family(differences)
@@ -219,7 +224,7 @@ def range_comparisons(records: Sequence[Record], sparsities: Sequence[float],
     raise ValueError(f"No pruned runs at sparsity {missing}; the runs have "
                      f"{ordered_sparsities(records)}.")
   reference = reference or registry.report_reference()
-  arms = [m for m in ordered_methods(records) if m != reference and not is_sanity_arm(m)]
+  arms = _compared_arms(records, reference)
   return study_statistics.correct_family(
       study_statistics.range_mean_differences(records, reference, arms, sparsities))
 
