@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from prospr_jax.experiment.grid_sweep import DENSE
 from prospr_jax.experiment.study_records import (
@@ -49,13 +50,14 @@ def _nan_to_zero(x: float) -> float:
 
 
 def _sparsity_axis(ax: Any, sparsities: Sequence[float]) -> None:
-  """Log x axis of the remaining-weight fraction, inverted (sparser to the right), one tick per
-  sparsity; fixed before plotting, so a single sparsity is not autoscaled."""
+  """Log x axis of the remaining-weight fraction, inverted (sparser to the right), one slanted
+  tick label per sparsity (neighbours on a 0.8^k grid sit close on this scale); fixed before
+  plotting, so a single sparsity is not autoscaled."""
   ax.set_xscale("log")
   if sparsities:
     remaining = [1.0 - s for s in sparsities]
     ax.set_xlim(max(remaining) * 1.25, min(remaining) / 1.25)
-    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities])
+    ax.set_xticks(remaining, [sparsity_label(s) for s in sparsities], rotation=30, ha="right")
     ax.minorticks_off()
 
 
@@ -138,6 +140,9 @@ def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
   colors = _method_colors(methods)
   fig, ax = _new_figure(7.0, 4.5)
   ax.set_xscale("log")
+  ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}%"))
+  ax.minorticks_off()
   for m in methods:
     mine = [r for r in kept if r["method"] == m]
     if not mine:
@@ -157,7 +162,7 @@ def plot_accuracy_vs_effective_density(records: Sequence[Record], path: str,
   _informative_ylim(ax, [100 * float(r[metric]) for r in kept])
   _mark_collapsed(ax, runs, lambda r: 100 * r["effective_density_total"], metric, colors)
   _finish(fig, ax, path,
-          "effective density (% of prunable weights on an input-output path, log)",
+          "effective density (prunable weights on an input-output path, log)",
           f"{metric.replace('_', ' ')} (%)")
 
 
